@@ -1,0 +1,199 @@
+"""The session cookie, and the browser id manager API answered from it.
+
+A browser id is the session id: 128 random bits, sent to the browser
+signed with ``session.secret`` in the format of Beaker's ``SignedCookie``
+(40 hex digits of HMAC-SHA1, then the id), so cookies made by Beaker's own
+middleware and by this product are interchangeable.
+"""
+import hmac
+import re
+import secrets
+from datetime import datetime
+from datetime import timedelta
+from hashlib import sha1
+
+from AccessControl.class_init import InitializeClass
+from AccessControl.Permissions import access_contents_information
+from AccessControl.SecurityInfo import ClassSecurityInfo
+from Acquisition import Implicit
+from Acquisition import aq_parent
+from Products.Sessions.interfaces import BrowserIdManagerErr
+from Products.Sessions.interfaces import IBrowserIdManager
+from zope.interface import implementer
+
+
+SESSION_ID = re.compile(r'[0-9a-f]{32}\Z').match
+SIGNATURE_LENGTH = 40
+FAR_FUTURE = 10 * 365 * 24 * 3600
+
+
+class SessionCookie:
+    """Signs, reads and writes the session cookie."""
+
+    def __init__(self, name, secret, path='/', domain=None, secure=False,
+                 httponly=True, samesite='Lax', expires=True):
+        self.name = name
+        self._secret = secret.encode('utf-8')
+        self.path = path
+        self.domain = domain
+        self.secure = secure
+        self.httponly = httponly
+        self.samesite = samesite
+        self.expires = expires
+        self._params = self._cookie_params()
+
+    def _cookie_params(self):
+        params = {'path': self.path, 'http_only': self.httponly}
+        if self.domain:
+            params['domain'] = self.domain
+        if self.secure:
+            params['secure'] = True
+        if self.samesite:
+            params['same_site'] = self.samesite
+        if self.expires is False:
+            params['max_age'] = FAR_FUTURE
+        elif isinstance(self.expires, timedelta):
+            params['max_age'] = int(self.expires.total_seconds())
+        elif isinstance(self.expires, datetime):
+            params['expires'] = self.expires.strftime(
+                '%a, %d %b %Y %H:%M:%S GMT')
+        return params
+
+    @staticmethod
+    def new_id():
+        return secrets.token_hex(16)
+
+    def _signature(self, session_id):
+        return hmac.new(
+            self._secret, session_id.encode('ascii'), sha1).hexdigest()
+
+    def sign(self, session_id):
+        return self._signature(session_id) + session_id
+
+    def verify(self, value):
+        """Return the session id of a correctly signed value, else None."""
+        if not isinstance(value, str):
+            return None
+        value = value.strip('"')
+        session_id = value[SIGNATURE_LENGTH:]
+        if not SESSION_ID(session_id):
+            return None
+        if hmac.compare_digest(value[:SIGNATURE_LENGTH],
+                               self._signature(session_id)):
+            return session_id
+        return None
+
+    def read(self, request):
+        """The verified session id the browser sent, or None."""
+        cookies = getattr(request, 'cookies', None) or {}
+        return self.verify(cookies.get(self.name))
+
+    def send(self, response, session_id):
+        response.setCookie(
+            self.name, self.sign(session_id), quoted=False, **self._params)
+
+    def expire(self, response):
+        params = {'path': self.path}
+        if self.domain:
+            params['domain'] = self.domain
+        response.expireCookie(self.name, **params)
+
+
+@implementer(IBrowserIdManager)
+class BeakerBrowserIdManager(Implicit):
+    """Answers the browser id manager questions for Beaker sessions.
+
+    Made afresh for each call of ``getBrowserIdManager()`` and wrapped in
+    the session data manager, which holds the per-request state.
+    """
+
+    security = ClassSecurityInfo()
+    security.declareObjectProtected(access_contents_information)
+
+    meta_type = 'Beaker Browser Id Manager'
+
+    def _manager(self):
+        return aq_parent(self)
+
+    def _session(self, create=0):
+        return self._manager().getSessionData(create=create)
+
+    def _existing_session(self):
+        session = self._session()
+        if session is None:
+            raise BrowserIdManagerErr(
+                'There is no browser id (no session) for this request.')
+        return session
+
+    @security.protected(access_contents_information)
+    def hasBrowserId(self):
+        """See IBrowserIdManager."""
+        return self._session() is not None
+
+    @security.protected(access_contents_information)
+    def getBrowserId(self, create=1):
+        """See IBrowserIdManager: the id of this browser's session."""
+        session = self._session(create=create)
+        if session is None:
+            return None
+        return session.getContainerKey()
+
+    @security.protected(access_contents_information)
+    def getBrowserIdName(self):
+        """See IBrowserIdManager: the name of the session cookie."""
+        return self._manager()._configuration().cookie.name
+
+    @security.protected(access_contents_information)
+    def isBrowserIdNew(self):
+        """See IBrowserIdManager: true if the browser has not sent it yet."""
+        return self._existing_session()._is_new
+
+    @security.protected(access_contents_information)
+    def isBrowserIdFromCookie(self):
+        """See IBrowserIdManager: Beaker ids only ever come from cookies."""
+        return not self._existing_session()._is_new
+
+    @security.protected(access_contents_information)
+    def isBrowserIdFromForm(self):
+        """See IBrowserIdManager: never, ids are not taken from forms."""
+        self._existing_session()
+        return False
+
+    @security.protected(access_contents_information)
+    def isBrowserIdFromUrl(self):
+        """See IBrowserIdManager: never, ids are not taken from URLs."""
+        self._existing_session()
+        return False
+
+    @security.protected(access_contents_information)
+    def getBrowserIdNamespaces(self):
+        """Where browser ids are looked for: cookies only."""
+        return ('cookies',)
+
+    @security.protected(access_contents_information)
+    def flushBrowserIdCookie(self):
+        """See IBrowserIdManager: tell the browser to drop the cookie."""
+        manager = self._manager()
+        manager._configuration().cookie.expire(manager._request().response)
+
+    @security.protected(access_contents_information)
+    def setBrowserIdCookieByForce(self, bid):
+        """Refused: a visitor must never be able to choose a session id."""
+        raise BrowserIdManagerErr(
+            'Beaker session ids cannot be forced: they are random, signed '
+            'and must exist in the session store.')
+
+    @security.protected(access_contents_information)
+    def getHiddenFormField(self):
+        """Refused: Beaker session ids travel only in their cookie."""
+        raise BrowserIdManagerErr(
+            'Beaker session ids travel only in cookies, not in forms.')
+
+    @security.protected(access_contents_information)
+    def encodeUrl(self, url, style='querystring', create=1):
+        """Refused: Beaker session ids travel only in their cookie."""
+        raise BrowserIdManagerErr(
+            'Beaker session ids travel only in cookies, not in URLs.')
+
+
+InitializeClass(BeakerBrowserIdManager)

@@ -1,0 +1,101 @@
+"""Write session changes when, and only when, the Zope transaction commits.
+
+The writer joins the transaction the first time its session may need
+writing.  It votes last: its vote merges the request's changes onto the
+latest stored record under the store's lock, so a store that cannot be
+written makes the whole transaction fail instead of committing the ZODB
+without the session.
+"""
+import logging
+import time
+
+import transaction
+from transaction.interfaces import IDataManager
+from transaction.interfaces import IDataManagerSavepoint
+from ZODB.POSException import ConflictError
+from zope.interface import implementer
+
+from .interfaces import SessionStoreError
+
+
+logger = logging.getLogger('Products.BeakerSessionDataManager')
+
+
+@implementer(IDataManager)
+class SessionWriter:
+    """Transaction data manager for one session of one request."""
+
+    def __init__(self, session, store, timeout=None,
+                 transaction_manager=transaction.manager):
+        self.session = session
+        self.store = store
+        self.timeout = timeout
+        self.transaction_manager = transaction_manager
+        self._transaction = None
+        self._written = None
+        session._writer = self
+
+    def join(self):
+        current = self.transaction_manager.get()
+        if self._transaction is not current:
+            current.join(self)
+            self._transaction = current
+
+    def sortKey(self):
+        # '~' sorts after the ZODB connections' keys: we vote last.
+        return '~beaker-session:%s' % self.session.getContainerKey()
+
+    def abort(self, txn):
+        self.session._rollback()
+        self._transaction = None
+
+    def tpc_begin(self, txn):
+        self._written = None
+
+    def commit(self, txn):
+        pass
+
+    def tpc_vote(self, txn):
+        session = self.session
+        now = time.time()
+        if not session._needs_write(now):
+            return
+        try:
+            self._written = self.store.merge(
+                session.getContainerKey(),
+                lambda record: session._apply_to(record, now))
+        except ConflictError:
+            raise
+        except Exception as exc:
+            logger.error('Could not write session to the %s: %s',
+                         self.store.name, exc)
+            raise SessionStoreError(
+                'The session could not be saved to the %s: %s'
+                % (self.store.name, exc)) from exc
+        self._written = self._written or {}
+
+    def tpc_finish(self, txn):
+        if self._written is not None:
+            self.session._stored(self._written or None)
+        self._written = None
+        self._transaction = None
+
+    def tpc_abort(self, txn):
+        self.session._rollback()
+        self._written = None
+        self._transaction = None
+
+    def savepoint(self):
+        return SessionSavepoint(self)
+
+
+@implementer(IDataManagerSavepoint)
+class SessionSavepoint:
+    """Rolling back a savepoint rolls back the session's changes too."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.snapshot = writer.session._snapshot()
+
+    def rollback(self):
+        self.writer.session._restore(self.snapshot)

@@ -1,0 +1,5 @@
+"""Permission names, shared with Products.Sessions so role settings carry over."""
+from Products.Sessions.permissions import access_session_data  # noqa: F401
+from Products.Sessions.permissions import access_user_session_data  # noqa
+from Products.Sessions.permissions import add_session_data_managers  # noqa
+from Products.Sessions.permissions import change_session_data_managers  # noqa

@@ -1,0 +1,309 @@
+"""The session object add-ons see: Transience's transient object API.
+
+It holds the data loaded from the store for one request and records what
+the request changes, so that the transaction data manager can write just
+those changes onto the latest stored state at commit.
+"""
+import pickle
+import time
+from hashlib import sha256
+
+from AccessControl.class_init import InitializeClass
+from AccessControl.SecurityInfo import ClassSecurityInfo
+from Acquisition import Implicit
+from zope.interface import implementer
+
+from .interfaces import IBeakerSessionData
+
+
+CREATED = '_creation_time'
+ACCESSED = '_accessed_time'
+MODIFIED = '_modified_time'
+# Keys Beaker and this product keep in the record beside the user's data.
+INTERNAL_KEYS = frozenset([CREATED, ACCESSED, MODIFIED, '_domain', '_path',
+                           '_id'])
+IMMUTABLE_TYPES = (str, bytes, int, float, complex, bool, type(None),
+                   frozenset)
+_marker = object()
+
+
+def is_immutable(value):
+    if isinstance(value, IMMUTABLE_TYPES):
+        return True
+    if type(value) is tuple:
+        return all(is_immutable(item) for item in value)
+    return False
+
+
+def fingerprint(value):
+    try:
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+
+
+def split_record(record):
+    """Separate the user's data from Beaker's bookkeeping keys."""
+    return {key: value for key, value in record.items()
+            if key not in INTERNAL_KEYS}
+
+
+@implementer(IBeakerSessionData)
+class BeakerSessionData(Implicit):
+    """One browser's session, as loaded for this request."""
+
+    security = ClassSecurityInfo()
+    security.setDefaultAccess('allow')
+    security.declareObjectPublic()
+
+    def __init__(self, session_id, record=None, write_granularity=30):
+        now = time.time()
+        self._id = session_id
+        self._is_new = record is None
+        record = record or {}
+        self._created = record.get(CREATED, now)
+        self._last_accessed = record.get(ACCESSED, now)
+        self._last_modified = record.get(MODIFIED)
+        self._data = split_record(record)
+        self._saved = dict(self._data)
+        self._write_granularity = write_granularity
+        self._invalid = False
+        self._forget_changes()
+        self._writer = None
+
+    def _forget_changes(self):
+        self._changed = set()
+        self._deleted = set()
+        self._cleared = False
+        self._read_mutables = {}
+        self._touched = False
+
+    # -- change tracking --
+
+    def _register(self):
+        """Make sure the current transaction will write this session."""
+        if self._writer is not None:
+            self._writer.join()
+
+    def _changing(self, key):
+        self._changed.add(key)
+        self._deleted.discard(key)
+        self._read_mutables.pop(key, None)
+        self._last_modified = time.time()
+        self._register()
+
+    def _handing_out(self, key, value):
+        """Remember mutable values given to the caller to spot in-place
+        changes at commit time."""
+        if key not in self._read_mutables and key not in self._changed \
+                and not is_immutable(value):
+            self._read_mutables[key] = fingerprint(value)
+            self._register()
+        return value
+
+    def _mutated_keys(self):
+        return [key for key, before in self._read_mutables.items()
+                if key in self._data
+                and fingerprint(self._data[key]) != before]
+
+    def _has_changes(self):
+        return bool(self._changed or self._deleted or self._cleared
+                    or self._invalid or self._mutated_keys())
+
+    def _needs_write(self, now):
+        return (self._is_new or self._touched or self._has_changes()
+                or now - self._last_accessed > self._write_granularity)
+
+    def _apply_to(self, record, now):
+        """Return ``record`` (latest stored state) with our changes."""
+        if self._invalid:
+            return None
+        if record is None or self._is_new:
+            record = {CREATED: self._created}
+        if self._cleared:
+            record = {key: value for key, value in record.items()
+                      if key in INTERNAL_KEYS}
+        for key in self._deleted:
+            record.pop(key, None)
+        for key in self._changed.union(self._mutated_keys()):
+            if key in self._data:
+                record[key] = self._data[key]
+        record[ACCESSED] = now
+        if self._last_modified is not None:
+            record[MODIFIED] = self._last_modified
+        return record
+
+    def _stored(self, record):
+        """The transaction committed ``record``: it is our state now."""
+        self._is_new = False
+        self._forget_changes()
+        if record is not None:
+            self._last_accessed = record[ACCESSED]
+            self._data = split_record(record)
+            self._saved = dict(self._data)
+
+    def _rollback(self):
+        """The transaction aborted: back to the last stored state."""
+        self._data = dict(self._saved)
+        self._invalid = False
+        self._forget_changes()
+
+    def _snapshot(self):
+        return (pickle.dumps(self._data, pickle.HIGHEST_PROTOCOL),
+                set(self._changed), set(self._deleted), self._cleared,
+                dict(self._read_mutables), self._invalid,
+                self._last_modified)
+
+    def _restore(self, snapshot):
+        (data, self._changed, self._deleted, self._cleared,
+         self._read_mutables, self._invalid, self._last_modified) = snapshot
+        self._data = pickle.loads(data)
+        self._changed = set(self._changed)
+        self._deleted = set(self._deleted)
+        self._read_mutables = dict(self._read_mutables)
+
+    def _get_p_changed(self):
+        return self._has_changes()
+
+    def _set_p_changed(self, value):
+        # Stock code flags in-place changes this way; mark every value
+        # handed out so far.
+        if value:
+            for key in list(self._read_mutables):
+                self._changing(key)
+            self._touched = True
+            self._register()
+
+    _p_changed = property(_get_p_changed, _set_p_changed)
+
+    # -- IItemWithId, ITransient --
+
+    def getId(self):
+        """A unique id for the session, which is not the browser id."""
+        digest = sha256(self._id.encode('ascii')).hexdigest()
+        return '%d%010d' % (int(self._created), int(digest[:15], 16) % 10**10)
+
+    getName = getId
+
+    def getContainerKey(self):
+        """The browser id, under which the session is stored."""
+        return self._id
+
+    def invalidate(self):
+        """Forget the session: its record is deleted at commit."""
+        self._invalid = True
+        self._register()
+
+    def isValid(self):
+        return 0 if self._invalid else 1
+
+    def getLastAccessed(self):
+        return self._last_accessed
+
+    def setLastAccessed(self):
+        """Accesses are recorded at commit, at most once per granularity."""
+        self._register()
+
+    def getLastModified(self):
+        return self._last_modified
+
+    def setLastModified(self):
+        self._last_modified = time.time()
+        self._touched = True
+        self._register()
+
+    def getCreated(self):
+        return self._created
+
+    # -- IDictionaryLike, ITTWDictionary --
+
+    def keys(self):
+        return list(self._data.keys())
+
+    def values(self):
+        return [self._handing_out(key, value)
+                for key, value in list(self._data.items())]
+
+    def items(self):
+        return [(key, self._handing_out(key, value))
+                for key, value in list(self._data.items())]
+
+    def get(self, key, default=None):
+        value = self._data.get(key, _marker)
+        if value is _marker:
+            return default
+        return self._handing_out(key, value)
+
+    def __getitem__(self, key):
+        return self._handing_out(key, self._data[key])
+
+    def __contains__(self, key):
+        return 1 if key in self._data else 0
+
+    has_key = __contains__
+
+    def __setitem__(self, key, value):
+        self._data[key] = value
+        self._changing(key)
+
+    set = __guarded_setitem__ = __setitem__
+
+    def __delitem__(self, key):
+        del self._data[key]
+        self._changing(key)
+        self._changed.discard(key)
+        self._deleted.add(key)
+
+    delete = __guarded_delitem__ = __delitem__
+
+    def clear(self):
+        self._data.clear()
+        self._forget_changes()
+        self._cleared = True
+        self._last_modified = time.time()
+        self._register()
+
+    def update(self, other=(), **kw):
+        if hasattr(other, 'keys'):
+            other = [(key, other[key]) for key in other.keys()]
+        for key, value in list(other) + list(kw.items()):
+            self[key] = value
+
+    # -- what a dict has and a stock session lacks --
+
+    def __len__(self):
+        return len(self._data)
+
+    def __iter__(self):
+        return iter(list(self._data))
+
+    def __bool__(self):
+        # Stock sessions are always true, even when empty.
+        return True
+
+    def setdefault(self, key, default=None):
+        if key not in self._data:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key, default=_marker):
+        if key not in self._data:
+            if default is _marker:
+                raise KeyError(key)
+            return default
+        value = self._data[key]
+        del self[key]
+        return value
+
+    def __repr__(self):
+        return '<%s id: %s, keys: %r>' % (
+            self.__class__.__name__, self.getId(), sorted(
+                self._data, key=str))
+
+    def getTimeoutMinutes(self):
+        """The session timeout in minutes, as the stock container has it."""
+        timeout = getattr(self._writer, 'timeout', None)
+        return int(timeout / 60) if timeout else 0
+
+
+InitializeClass(BeakerSessionData)

@@ -1,0 +1,309 @@
+"""The Beaker session data manager, a drop-in for ``session_data_manager``.
+
+(The module keeps the name it had in 2.x so that managers already stored in
+a ZODB load as instances of this class.)
+"""
+import logging
+import time
+
+from AccessControl.class_init import InitializeClass
+from AccessControl.Permissions import access_contents_information
+from AccessControl.Permissions import view_management_screens
+from AccessControl.SecurityInfo import ClassSecurityInfo
+from Acquisition import aq_inner
+from Acquisition import aq_parent
+from OFS.SimpleItem import SimpleItem
+from Products.PageTemplates.PageTemplateFile import PageTemplateFile
+from Products.Sessions.SessionDataManager import SessionDataManagerTraverser
+from zope.globalrequest import getRequest
+from zope.interface import implementer
+from ZPublisher.BeforeTraverse import registerBeforeTraverse
+from ZPublisher.BeforeTraverse import unregisterBeforeTraverse
+
+from . import config
+from .browserid import BeakerBrowserIdManager
+from .datamanager import SessionWriter
+from .interfaces import IBeakerSessionDataManager
+from .interfaces import SessionDataManagerErr
+from .interfaces import SessionStoreError
+from .permissions import access_session_data
+from .permissions import access_user_session_data
+from .permissions import change_session_data_managers
+from .session import BeakerSessionData
+from .store import MiddlewareStore
+
+
+logger = logging.getLogger('Products.BeakerSessionDataManager')
+
+# Where a request keeps the sessions it has loaded, per manager.
+REQUEST_STATE_KEY = '_beaker_session_data_managers'
+# Names under which the traversal hook has been registered (2.x used the
+# second one).
+HOOK_NAMES = ('BeakerSessionDataManager', 'SessionDataManager')
+MIDDLEWARE_ENVIRON_KEY = 'beaker.session'
+
+
+class RequestSessions:
+    """The sessions one request has loaded from one manager's store."""
+
+    def __init__(self):
+        self.looked_up = False
+        self.current = None
+        self.by_key = {}
+
+
+@implementer(IBeakerSessionDataManager)
+class BeakerSessionDataManager(SimpleItem):
+    """Session data manager keeping session data in a Beaker store."""
+
+    meta_type = 'Beaker Session Data Manager'
+    zmi_icon = 'far fa-clock'
+    title = ''
+    _requestSessionName = 'SESSION'
+
+    manage_options = (
+        {'label': 'Settings', 'action': 'manage_beakerSettings'},
+    ) + SimpleItem.manage_options[1:]
+
+    security = ClassSecurityInfo()
+    security.declareObjectPublic()
+    security.setDefaultAccess({'meta_type': 1, 'id': 1, 'title': 1,
+                               'zmi_icon': 1, 'title_or_id': 1})
+    security.setPermissionDefault(change_session_data_managers, ['Manager'])
+    security.setPermissionDefault(view_management_screens, ['Manager'])
+    security.setPermissionDefault(access_contents_information,
+                                  ['Manager', 'Anonymous'])
+    security.setPermissionDefault(access_user_session_data, ['Manager'])
+    security.setPermissionDefault(access_session_data,
+                                  ['Manager', 'Anonymous'])
+
+    def __init__(self, id, title='', requestName='SESSION'):
+        self.id = id
+        self.title = title
+        self._requestSessionName = requestName
+
+    #
+    #   ISessionDataManager implementation
+    #
+
+    @security.protected(access_session_data)
+    def getSessionData(self, create=1):
+        """See ISessionDataManager."""
+        request = self._request()
+        sessions = self._request_sessions(request)
+        if not sessions.looked_up:
+            sessions.current = self._load_current(request)
+            sessions.looked_up = True
+        session = sessions.current
+        if session is not None and not session.isValid():
+            # Invalidated in this request: the next session gets a new id.
+            session = sessions.current = None
+        if session is None and create:
+            session = sessions.current = self._create(request)
+        return session.__of__(self) if session is not None else None
+
+    @security.protected(access_session_data)
+    def hasSessionData(self):
+        """See ISessionDataManager: answered without creating a session."""
+        return self.getSessionData(create=0) is not None
+
+    @security.protected(access_user_session_data)
+    def getSessionDataByKey(self, key):
+        """See ISessionDataManager."""
+        request = self._request()
+        sessions = self._request_sessions(request)
+        current = self.getSessionData(create=0)
+        if current is not None and current.getContainerKey() == key:
+            return current
+        if key not in sessions.by_key:
+            sessions.by_key[key] = self._load(request, key)
+        session = sessions.by_key[key]
+        return session.__of__(self) if session is not None else None
+
+    @security.protected(access_user_session_data)
+    def clearSessionData(self):
+        """See IMutableSessionDataManager."""
+        session = self.getSessionData(create=0)
+        if session is not None:
+            session.clear()
+
+    @security.protected(access_contents_information)
+    def getBrowserIdManager(self):
+        """See ISessionDataManager: answers from the Beaker cookie."""
+        return BeakerBrowserIdManager().__of__(self)
+
+    @security.protected(access_session_data)
+    def regenerateSessionId(self):
+        """See IBeakerSessionDataManager."""
+        session = self.getSessionData(create=0)
+        if session is None:
+            return None
+        data = dict(session._data)
+        session.invalidate()
+        fresh = self.getSessionData(create=1)
+        fresh.update(data)
+        return fresh.getContainerKey()
+
+    #
+    #   Settings
+    #
+
+    @security.protected(view_management_screens)
+    def getRequestName(self):
+        """The request key under which the session is published."""
+        return self._requestSessionName or ''
+
+    @security.protected(view_management_screens)
+    def getConfigurationSummary(self):
+        """The effective Beaker options, secrets masked (ZMI)."""
+        if not config.is_configured():
+            return {}
+        return config.get_configuration().describe()
+
+    @security.protected(change_session_data_managers)
+    def manage_changeBeakerSDM(self, title='', requestName='', REQUEST=None):
+        """Change the title and the request name."""
+        self.title = str(title or '')
+        requestName = (requestName or '').strip()
+        if requestName != self._requestSessionName:
+            self.updateTraversalData(requestName or None)
+        if REQUEST is not None:
+            return self.manage_beakerSettings(
+                self, REQUEST, manage_tabs_message='Changes saved.')
+
+    manage_beakerSettings = PageTemplateFile(
+        'www/manageBeakerSessionDataManager.pt', globals())
+    security.declareProtected(view_management_screens,  # NOQA: D001
+                              'manage_beakerSettings')
+
+    #
+    #   Traversal hook: request.SESSION
+    #
+
+    def manage_afterAdd(self, item, container):
+        """Publish the session lazily as request.SESSION."""
+        self.updateTraversalData(self._requestSessionName)
+
+    def manage_beforeDelete(self, item, container):
+        """Remove the traversal hook with the manager."""
+        self.updateTraversalData(None)
+
+    def updateTraversalData(self, requestSessionName=None):
+        parent = aq_parent(aq_inner(self))
+        if getattr(self, '_hasTraversalHook', None):
+            for name in HOOK_NAMES:
+                unregisterBeforeTraverse(parent, name)
+            del self._hasTraversalHook
+        self._requestSessionName = requestSessionName
+        if requestSessionName:
+            hook = SessionDataManagerTraverser(requestSessionName, self.id)
+            registerBeforeTraverse(parent, hook, HOOK_NAMES[0], 50)
+            self._hasTraversalHook = 1
+
+    #
+    #   Helper methods
+    #
+
+    def _configuration(self):
+        return config.get_configuration()
+
+    def _request(self):
+        request = getattr(self, 'REQUEST', None)
+        if request is None or not hasattr(request, 'environ'):
+            request = getRequest()
+        if request is None:
+            raise SessionDataManagerErr(
+                'Sessions need a request; none is being published.')
+        return request
+
+    def _request_sessions(self, request):
+        per_manager = request.__dict__.setdefault(REQUEST_STATE_KEY, {})
+        sessions = per_manager.get(self.id)
+        if sessions is None:
+            sessions = per_manager[self.id] = RequestSessions()
+        return sessions
+
+    def _middleware_store(self, request):
+        environ = getattr(request, 'environ', None) or {}
+        beaker_session = environ.get(MIDDLEWARE_ENVIRON_KEY)
+        if beaker_session is None:
+            return None
+        return MiddlewareStore(beaker_session)
+
+    def _load_current(self, request):
+        middleware = self._middleware_store(request)
+        if middleware is not None:
+            record = middleware.load(None) if not middleware.is_new else None
+            return self._session(middleware.session_id, record, middleware)
+        configuration = self._configuration()
+        session_id = configuration.cookie.read(request)
+        if session_id is None:
+            return None
+        return self._load(request, session_id)
+
+    def _load(self, request, session_id):
+        middleware = self._middleware_store(request)
+        if middleware is not None:
+            found = middleware.beaker_session.get_by_id(session_id)
+            if found is None:
+                return None
+            return self._session(session_id, dict(found),
+                                 MiddlewareStore(found))
+        configuration = self._configuration()
+        store = configuration.store
+        try:
+            record = store.load(session_id)
+        except Exception as exc:
+            logger.error('Could not read session from the %s: %s',
+                         store.name, exc)
+            raise SessionStoreError(
+                'The session store (%s) cannot be read: %s'
+                % (store.name, exc)) from exc
+        if record is None or self._expired(record, configuration):
+            return None
+        return self._session(session_id, record, store)
+
+    @staticmethod
+    def _expired(record, configuration):
+        accessed = record.get('_accessed_time')
+        return (configuration.timeout and accessed is not None
+                and time.time() - accessed > configuration.timeout)
+
+    def _session(self, session_id, record, store):
+        granularity = 30
+        timeout = None
+        if config.is_configured():
+            configuration = self._configuration()
+            granularity = configuration.write_granularity
+            timeout = configuration.timeout
+        session = BeakerSessionData(session_id, record, granularity)
+        SessionWriter(session, store, timeout=timeout)
+        if record is None:
+            session._register()
+        return session
+
+    def _create(self, request):
+        middleware = self._middleware_store(request)
+        if middleware is not None:
+            # The middleware made an id and sends its cookie itself.
+            return self._session(middleware.session_id, None, middleware)
+        configuration = self._configuration()
+        session_id = configuration.cookie.new_id()
+        configuration.cookie.send(request.response, session_id)
+        return self._session(session_id, None, configuration.store)
+
+
+InitializeClass(BeakerSessionDataManager)
+
+
+def addBeakerSessionDataManager(dispatcher, id, title='', REQUEST=None):
+    """Add a Beaker session data manager to the dispatcher's container."""
+    manager = BeakerSessionDataManager(id, title=title)
+    dispatcher._setObject(id, manager)
+    if REQUEST is not None:
+        REQUEST.RESPONSE.redirect(
+            '%s/manage_workspace' % dispatcher.DestinationURL())
+
+
+addBeakerSessionDataManagerForm = PageTemplateFile(
+    'www/addBeakerSessionDataManager.pt', globals())
