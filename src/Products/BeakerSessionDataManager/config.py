@@ -122,7 +122,15 @@ class SessionConfiguration:
             timeout=self.timeout,
             encrypt_key=options.get('encrypt_key'),
             validate_key=options.get('validate_key'),
+            name=self.store_name(),
         )
+
+    def store_name(self):
+        """How messages name the store: its type and where it is."""
+        options = self.options
+        where = mask_url(options.get('url')) or options.get('data_dir')
+        return '%s session store%s' % (
+            self.type, ' at %s' % where if where else '')
 
     def describe(self):
         """The effective options, with secrets masked, for display."""
@@ -130,11 +138,18 @@ class SessionConfiguration:
         for name, value in sorted(self.options.items()):
             if name in ('secret', 'encrypt_key', 'validate_key') and value:
                 value = '*' * 8
-            elif name == 'url' and isinstance(value, str) and '@' in value:
-                scheme, _, rest = value.partition('://')
-                value = '%s://***@%s' % (scheme, rest.rpartition('@')[2])
+            elif name == 'url':
+                value = mask_url(value)
             shown['session.' + name] = value
         return shown
+
+
+def mask_url(url):
+    """Hide the credentials in a store URL."""
+    if isinstance(url, str) and '@' in url:
+        scheme, _, rest = url.partition('://')
+        return '%s://***@%s' % (scheme, rest.rpartition('@')[2])
+    return url
 
 
 def parse(settings):

@@ -39,7 +39,7 @@ class BeakerStore:
     def __init__(self, namespace_class, namespace_args, data_dir=None,
                  serializer='pickle', timeout=None, encrypt_key=None,
                  validate_key=None, crypto_type='default',
-                 encrypt_nonce_bits=DEFAULT_NONCE_BITS):
+                 encrypt_nonce_bits=DEFAULT_NONCE_BITS, name=None):
         self.namespace_class = namespace_class
         self.namespace_args = dict(namespace_args)
         self.data_dir = data_dir
@@ -58,7 +58,7 @@ class BeakerStore:
         for directory in (data_dir, self.namespace_args.get('lock_dir')):
             if directory:
                 os.makedirs(directory, exist_ok=True)
-        self.name = namespace_class.__name__
+        self.name = name or '%s store' % namespace_class.__name__
 
     def _namespace(self, session_id):
         return self.namespace_class(

@@ -1,0 +1,143 @@
+"""Configuration: coercion once at start-up, errors that name the option."""
+import os
+import tempfile
+import unittest
+
+from Products.BeakerSessionDataManager import config
+from Products.BeakerSessionDataManager.interfaces import ConfigurationError
+from Products.Sessions.interfaces import SessionDataManagerErr
+
+
+SECRET = 'Qv3s9dJk2LmN8pRt5WxYz1AbCdEfGhIjKl'
+
+
+class ParseTests(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+
+    def tearDown(self):
+        config.reset()
+
+    def settings(self, **options):
+        settings = {'session.secret': SECRET,
+                    'session.data_dir': os.path.join(self.tmp, 'data')}
+        settings.update(
+            {'session.' + name: value for name, value in options.items()})
+        return settings
+
+    def test_strings_from_zope_conf_are_coerced(self):
+        configuration = config.configure(self.settings(
+            timeout='600', httponly='false', secure='true',
+            cookie_expires='3600', samesite='strict'))
+        self.assertEqual(configuration.timeout, 600)
+        self.assertIs(configuration.cookie.httponly, False)
+        self.assertIs(configuration.cookie.secure, True)
+        self.assertEqual(configuration.cookie.samesite, 'Strict')
+        self.assertEqual(configuration.cookie._params['max_age'], 3600)
+
+    def test_beaker_session_prefix_is_accepted(self):
+        configuration = config.configure({
+            'beaker.session.secret': SECRET,
+            'beaker.session.data_dir': self.tmp,
+            'beaker.session.key': 'my_session',
+        })
+        self.assertEqual(configuration.cookie.name, 'my_session')
+
+    def test_safe_defaults(self):
+        configuration = config.configure(self.settings())
+        self.assertEqual(configuration.type, 'file')
+        self.assertEqual(configuration.timeout, 1200)
+        self.assertIs(configuration.cookie.httponly, True)
+        self.assertEqual(configuration.cookie.samesite, 'Lax')
+        self.assertEqual(configuration.cookie.name, 'beaker.session.id')
+
+    def test_file_store_defaults_to_var_directory(self):
+        configuration = config.configure(
+            {'session.secret': SECRET}, var_dir=self.tmp)
+        self.assertEqual(configuration.options['data_dir'],
+                         os.path.join(self.tmp, 'sessions', 'data'))
+        self.assertEqual(configuration.options['lock_dir'],
+                         os.path.join(self.tmp, 'sessions', 'lock'))
+
+    def assertRejected(self, option, settings):
+        with self.assertRaises(ConfigurationError) as caught:
+            config.configure(settings)
+        self.assertIn(option, str(caught.exception))
+        self.assertIsInstance(caught.exception, SessionDataManagerErr)
+        self.assertIsInstance(caught.exception, ValueError)
+
+    def test_invalid_values_name_the_option(self):
+        self.assertRejected('session.timeout', self.settings(timeout='soon'))
+        self.assertRejected('session.httponly',
+                            self.settings(httponly='maybe'))
+        self.assertRejected('session.samesite',
+                            self.settings(samesite='sometimes'))
+        self.assertRejected('session.type', self.settings(type='floppy'))
+        self.assertRejected('session.data_serializer',
+                            self.settings(data_serializer='yaml'))
+
+    def test_secret_is_required_and_must_be_strong(self):
+        settings = self.settings()
+        del settings['session.secret']
+        self.assertRejected('session.secret', settings)
+        self.assertRejected('session.secret', self.settings(secret='secret'))
+        self.assertRejected('session.secret', self.settings(secret='s3cr3t'))
+        self.assertRejected('session.secret', self.settings(secret='x' * 40))
+
+    def test_data_dir_required_without_var_directory(self):
+        self.assertRejected('session.data_dir', {'session.secret': SECRET})
+
+    def test_unconfigured_use_is_a_clear_error(self):
+        config.reset()
+        with self.assertRaises(ConfigurationError) as caught:
+            config.get_configuration()
+        self.assertIn('<product-config beaker>', str(caught.exception))
+
+    def test_describe_masks_secrets(self):
+        configuration = config.configure(self.settings(
+            type='ext:redis', url='redis://user:pw@127.0.0.1:6379/0'))
+        shown = configuration.describe()
+        self.assertEqual(shown['session.secret'], '********')
+        self.assertNotIn('pw', shown['session.url'])
+        self.assertNotIn(SECRET, repr(shown))
+
+
+class ZopeConfTests(unittest.TestCase):
+    """The product reads <product-config beaker> when Zope starts."""
+
+    def tearDown(self):
+        config.reset()
+
+    def with_product_config(self, settings):
+        from App.config import getConfiguration
+        zope_config = getConfiguration()
+        saved = getattr(zope_config, 'product_config', None)
+        zope_config.product_config = {'beaker': settings}
+        self.addCleanup(setattr, zope_config, 'product_config', saved)
+
+    def test_no_block_means_not_configured(self):
+        self.with_product_config(None)
+        self.assertIsNone(config.configure_from_zope_conf())
+        self.assertFalse(config.is_configured())
+
+    def test_block_is_read(self):
+        tmp = tempfile.mkdtemp()
+        self.with_product_config({'session.secret': SECRET,
+                                  'session.data_dir': tmp,
+                                  'session.timeout': '60'})
+        configuration = config.configure_from_zope_conf()
+        self.assertEqual(configuration.timeout, 60)
+        self.assertEqual(configuration.source, 'zope.conf')
+
+    def test_invalid_block_stops_start_up(self):
+        from Products.BeakerSessionDataManager import initialize
+        self.with_product_config({'session.secret': 'short'})
+
+        class Context:
+            def registerClass(self, *args, **kw):
+                pass
+
+        with self.assertRaises(ConfigurationError) as caught:
+            initialize(Context())
+        self.assertIn('session.secret', str(caught.exception))

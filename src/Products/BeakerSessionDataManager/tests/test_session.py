@@ -1,0 +1,288 @@
+"""The session object: the transient object API, with a real file store."""
+import os
+import shutil
+import tempfile
+import unittest
+
+import transaction
+from beaker.container import FileNamespaceManager
+
+from Products.BeakerSessionDataManager.datamanager import SessionWriter
+from Products.BeakerSessionDataManager.session import BeakerSessionData
+from Products.BeakerSessionDataManager.store import BeakerStore
+
+
+SESSION_ID = 'a' * 32
+
+
+class SessionTestCase(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.store = BeakerStore(
+            FileNamespaceManager, {'lock_dir': self.tmp + '/lock'},
+            data_dir=self.tmp + '/data', timeout=1200)
+        transaction.begin()
+        self.addCleanup(transaction.abort)
+
+    def session(self, session_id=SESSION_ID):
+        """The session as a new request would load it."""
+        session = BeakerSessionData(session_id, self.store.load(session_id))
+        SessionWriter(session, self.store, timeout=1200)
+        if session._is_new:
+            session._register()
+        return session
+
+    def stored(self, session_id=SESSION_ID):
+        record = self.store.load(session_id)
+        return None if record is None else {
+            key: value for key, value in record.items()
+            if not key.startswith('_')}
+
+
+class MappingTests(SessionTestCase):
+    """Same results as Products.Transience's TransientObject."""
+
+    def test_missing_key(self):
+        session = self.session()
+        self.assertRaises(KeyError, session.__getitem__, 'missing')
+        self.assertIsNone(session.get('missing'))
+        self.assertEqual(session.get('missing', 'd'), 'd')
+        self.assertEqual(session.has_key('missing'), 0)
+        self.assertEqual('missing' in session, False)
+
+    def test_lists(self):
+        session = self.session()
+        session['a'] = 1
+        session.set('b', 2)
+        self.assertEqual(sorted(session.keys()), ['a', 'b'])
+        self.assertEqual(sorted(session.values()), [1, 2])
+        self.assertEqual(sorted(session.items()), [('a', 1), ('b', 2)])
+        self.assertIsInstance(session.keys(), list)
+        self.assertIsInstance(session.values(), list)
+        self.assertIsInstance(session.items(), list)
+        self.assertEqual(session.has_key('a'), 1)
+
+    def test_delete_update_clear(self):
+        session = self.session()
+        session.update({'a': 1, 'b': 2})
+        session.delete('a')
+        del session['b']
+        self.assertEqual(session.keys(), [])
+        self.assertRaises(KeyError, session.delete, 'a')
+        session.update({'c': 3})
+        session.clear()
+        self.assertEqual(session.keys(), [])
+
+    def test_guarded_methods_for_restricted_code(self):
+        session = self.session()
+        session.__guarded_setitem__('x', 1)
+        self.assertEqual(session['x'], 1)
+        session.__guarded_delitem__('x')
+        self.assertNotIn('x', session)
+
+    def test_dict_methods_stock_lacks(self):
+        session = self.session()
+        self.assertTrue(session)
+        self.assertEqual(len(session), 0)
+        self.assertEqual(session.setdefault('a', []), [])
+        self.assertEqual(session.pop('a'), [])
+        self.assertEqual(session.pop('a', 'gone'), 'gone')
+        self.assertRaises(KeyError, session.pop, 'a')
+        session.update(b=2, c=3)
+        self.assertEqual(sorted(session), ['b', 'c'])
+        self.assertEqual(len(session), 2)
+
+    def test_timestamps(self):
+        session = self.session()
+        self.assertIsInstance(session.getCreated(), float)
+        self.assertIsInstance(session.getLastAccessed(), float)
+        self.assertIsNone(session.getLastModified())
+        session['a'] = 1
+        self.assertIsInstance(session.getLastModified(), float)
+        created = session.getCreated()
+        transaction.commit()
+        again = self.session()
+        self.assertEqual(again.getCreated(), created)
+        self.assertIsInstance(again.getLastModified(), float)
+
+    def test_ids(self):
+        session = self.session()
+        self.assertEqual(session.getContainerKey(), SESSION_ID)
+        self.assertNotEqual(session.getId(), SESSION_ID)
+        self.assertTrue(session.getId().isdigit())
+        transaction.commit()
+        self.assertEqual(self.session().getId(), session.getId())
+
+    def test_beaker_keys_are_invisible(self):
+        session = self.session()
+        session['a'] = 1
+        transaction.commit()
+        self.assertEqual(self.session().keys(), ['a'])
+        self.assertIn('_creation_time', self.store.load(SESSION_ID))
+
+    def test_repr_shows_keys_not_values(self):
+        session = self.session()
+        session['password'] = 'hunter2'
+        self.assertIn('password', repr(session))
+        self.assertNotIn('hunter2', repr(session))
+
+
+class WriteTests(SessionTestCase):
+    """Writes follow the transaction and carry only this request's changes."""
+
+    def test_commit_writes(self):
+        session = self.session()
+        session['a'] = 1
+        self.assertIsNone(self.stored())
+        transaction.commit()
+        self.assertEqual(self.stored(), {'a': 1})
+
+    def test_abort_writes_nothing_and_reverts(self):
+        first = self.session()
+        first['a'] = 1
+        transaction.commit()
+        session = self.session()
+        session['a'] = 2
+        session['b'] = 3
+        transaction.abort()
+        self.assertEqual(self.stored(), {'a': 1})
+        self.assertEqual(session['a'], 1)
+        self.assertNotIn('b', session)
+
+    def test_new_empty_session_is_stored(self):
+        self.session()
+        transaction.commit()
+        self.assertEqual(self.stored(), {})
+
+    def test_read_only_request_does_not_write(self):
+        session = self.session()
+        session['a'] = 1
+        transaction.commit()
+        before = self.store.load(SESSION_ID)
+        self.assertEqual(self.session()['a'], 1)
+        transaction.commit()
+        self.assertEqual(self.store.load(SESSION_ID), before)
+
+    def test_access_time_refreshed_after_granularity(self):
+        session = self.session()
+        transaction.commit()
+        old = self.store.load(SESSION_ID)['_accessed_time']
+        reader = self.session()
+        reader._last_accessed -= 60
+        reader.get('a')
+        reader._register()
+        transaction.commit()
+        self.assertGreater(self.store.load(SESSION_ID)['_accessed_time'], old)
+        self.assertIsNotNone(session)
+
+    def test_concurrent_requests_writing_different_keys(self):
+        first = self.session()
+        transaction.commit()
+        one = self.session()
+        two = self.session()
+        one['x'] = 1
+        transaction.commit()
+        two['y'] = 2
+        transaction.commit()
+        self.assertEqual(self.stored(), {'x': 1, 'y': 2})
+        self.assertEqual(sorted(two.keys()), ['x', 'y'])
+        self.assertIsNotNone(first)
+
+    def test_concurrent_delete_and_set(self):
+        self.session().update({'x': 1, 'y': 2})
+        transaction.commit()
+        one = self.session()
+        two = self.session()
+        del one['x']
+        transaction.commit()
+        two['z'] = 3
+        transaction.commit()
+        self.assertEqual(self.stored(), {'y': 2, 'z': 3})
+
+    def test_same_key_later_commit_wins(self):
+        self.session()
+        transaction.commit()
+        one = self.session()
+        two = self.session()
+        two['x'] = 'two'
+        one['x'] = 'one'
+        transaction.commit()
+        self.assertEqual(self.stored(), {'x': 'one'})
+
+    def test_in_place_mutation_is_detected(self):
+        self.session()['cart'] = ['apple']
+        transaction.commit()
+        self.session()['cart'].append('pear')
+        transaction.commit()
+        self.assertEqual(self.stored(), {'cart': ['apple', 'pear']})
+
+    def test_p_changed_marks_values_read(self):
+        self.session()['cart'] = {'n': 1}
+        transaction.commit()
+        session = self.session()
+        cart = session.get('cart')
+        cart['n'] = 2
+        session._p_changed = 1
+        self.assertTrue(session._p_changed)
+        transaction.commit()
+        self.assertEqual(self.stored(), {'cart': {'n': 2}})
+
+    def test_clear_then_set(self):
+        self.session().update({'x': 1, 'y': 2})
+        transaction.commit()
+        session = self.session()
+        session.clear()
+        session['z'] = 3
+        transaction.commit()
+        self.assertEqual(self.stored(), {'z': 3})
+
+    def test_invalidate_deletes_the_record(self):
+        self.session()['x'] = 1
+        transaction.commit()
+        session = self.session()
+        session.invalidate()
+        self.assertFalse(session.isValid())
+        transaction.commit()
+        self.assertIsNone(self.store.load(SESSION_ID))
+
+    def test_savepoint_rollback(self):
+        session = self.session()
+        session['a'] = 1
+        savepoint = transaction.savepoint()
+        session['b'] = 2
+        del session['a']
+        savepoint.rollback()
+        self.assertEqual(session.keys(), ['a'])
+        transaction.commit()
+        self.assertEqual(self.stored(), {'a': 1})
+
+    def test_savepoint_then_commit_keeps_later_changes(self):
+        session = self.session()
+        session['a'] = 1
+        transaction.savepoint()
+        session['b'] = 2
+        transaction.commit()
+        self.assertEqual(self.stored(), {'a': 1, 'b': 2})
+
+    def test_second_transaction_in_one_request(self):
+        session = self.session()
+        session['a'] = 1
+        transaction.commit()
+        session['b'] = 2
+        transaction.commit()
+        self.assertEqual(self.stored(), {'a': 1, 'b': 2})
+
+    def test_failed_store_write_fails_the_transaction(self):
+        from Products.BeakerSessionDataManager.interfaces import \
+            SessionStoreError
+        session = self.session()
+        session['a'] = 1
+        # A directory where the session file should be: writing fails.
+        os.makedirs(self.store._namespace(SESSION_ID).file)
+        with self.assertRaises(SessionStoreError) as caught:
+            transaction.commit()
+        self.assertIn('could not be saved', str(caught.exception))
+        transaction.abort()
+        self.assertNotIn('a', session)
