@@ -5,6 +5,7 @@ from Products.Transience.interfaces import IDictionaryLike
 from Products.Transience.interfaces import IItemWithId
 from Products.Transience.interfaces import ITransient
 from Products.Transience.interfaces import ITTWDictionary
+from zExceptions import HTTPServiceUnavailable
 from zope.interface import Attribute
 from zope.interface import Interface
 
@@ -16,11 +17,14 @@ class ConfigurationError(SessionDataManagerErr):
     """
 
 
-class SessionStoreError(SessionDataManagerErr):
+class SessionStoreError(SessionDataManagerErr, HTTPServiceUnavailable):
     """The session store could not be read or written.
 
     o Raised to the code that needs the session; pages that never touch
       the session keep working.
+
+    o Published as ``503 Service Unavailable``: the outage is temporary,
+      and nothing was half-written.
     """
 
 

@@ -62,7 +62,7 @@ class BeakerSessionDataManager(SimpleItem):
     _requestSessionName = 'SESSION'
 
     manage_options = (
-        {'label': 'Settings', 'action': 'manage_beakerSettings'},
+        {'label': 'Settings', 'action': 'manage_main'},
     ) + SimpleItem.manage_options[1:]
 
     security = ClassSecurityInfo()
@@ -155,10 +155,11 @@ class BeakerSessionDataManager(SimpleItem):
 
     @security.protected(view_management_screens)
     def getConfigurationSummary(self):
-        """The effective Beaker options, secrets masked (ZMI)."""
+        """The effective Beaker options as (name, value) pairs, secrets
+        masked (ZMI)."""
         if not config.is_configured():
-            return {}
-        return config.get_configuration().describe()
+            return []
+        return sorted(config.get_configuration().describe().items())
 
     @security.protected(change_session_data_managers)
     def manage_changeBeakerSDM(self, title='', requestName='', REQUEST=None):
@@ -168,13 +169,14 @@ class BeakerSessionDataManager(SimpleItem):
         if requestName != self._requestSessionName:
             self.updateTraversalData(requestName or None)
         if REQUEST is not None:
-            return self.manage_beakerSettings(
+            return self.manage_main(
                 self, REQUEST, manage_tabs_message='Changes saved.')
 
-    manage_beakerSettings = PageTemplateFile(
-        'www/manageBeakerSessionDataManager.pt', globals())
+    manage_main = PageTemplateFile(
+        'www/manageBeakerSessionDataManager.pt', globals(),
+        __name__='manage_main')
     security.declareProtected(view_management_screens,  # NOQA: D001
-                              'manage_beakerSettings')
+                              'manage_main')
 
     #
     #   Traversal hook: request.SESSION
@@ -306,4 +308,5 @@ def addBeakerSessionDataManager(dispatcher, id, title='', REQUEST=None):
 
 
 addBeakerSessionDataManagerForm = PageTemplateFile(
-    'www/addBeakerSessionDataManager.pt', globals())
+    'www/addBeakerSessionDataManager.pt', globals(),
+    __name__='addBeakerSessionDataManagerForm')

@@ -1,0 +1,197 @@
+"""Test layers and a WSGI test client for Products.BeakerSessionDataManager."""
+
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+
+import webtest
+from plone.testing import Layer
+from plone.testing import zca
+from plone.testing import zodb
+from plone.testing import zope
+from zope.configuration import xmlconfig
+
+from AccessControl.SecurityManagement import getSecurityManager
+from AccessControl.SecurityManagement import setSecurityManager
+from ZPublisher.httpexceptions import HTTPExceptionHandler
+from ZPublisher.WSGIPublisher import publish_module
+
+
+MANAGER_NAME = 'manager'
+MANAGER_PASSWORD = 'secret'
+
+PRODUCTS = (
+    'Products.PythonScripts',
+    'Products.Sessions',
+    'Products.Transience',
+    'Products.TemporaryFolder',
+    'Products.BeakerSessionDataManager',
+)
+
+PACKAGE_DIR = os.path.dirname(__file__)
+
+
+class BeakerSessionDataManagerFixture(Layer):
+    """Zope with the session machinery installed and Beaker configured.
+
+    Installs Products.PythonScripts, the stock session products and this
+    product, adds a ``temp_folder`` (the container stock sessions expect
+    at ``/temp_folder/session_data``) and a user ``MANAGER_NAME`` with the
+    Manager role in the root user folder.  Beaker stores its files in a
+    temporary directory that is removed on tear-down.
+
+    Which session data manager sits at ``/session_data_manager`` is left to
+    the layers below (``STOCK_SESSIONS_FIXTURE``,
+    ``BEAKER_SESSIONS_FIXTURE``).
+    """
+
+    defaultBases = (zope.STARTUP,)
+
+    def setUp(self):
+        from Products.BeakerSessionDataManager import config
+
+        self['zodbDB'] = zodb.stackDemoStorage(
+            self.get('zodbDB'), name='BeakerSessionDataManagerFixture')
+        self.tmpdir = tempfile.mkdtemp(prefix='beakersessions-')
+        self['beaker_dir'] = self.tmpdir
+        config.configure({
+            'session.type': 'file',
+            'session.data_dir': os.path.join(self.tmpdir, 'data'),
+            'session.lock_dir': os.path.join(self.tmpdir, 'lock'),
+            'session.secret': secrets.token_hex(20),
+        })
+        self.setUpZCML()
+        with zope.zopeApp() as app:
+            for name in PRODUCTS:
+                zope.installProduct(app, name)
+            if 'temp_folder' not in app.objectIds():
+                from Products.TemporaryFolder import TemporaryContainer
+                app._setObject('temp_folder', TemporaryContainer('temp_folder'))
+            app.acl_users.userFolderAddUser(
+                MANAGER_NAME, MANAGER_PASSWORD, ['Manager'], [])
+
+    def tearDown(self):
+        from Products.BeakerSessionDataManager import config
+
+        with zope.zopeApp() as app:
+            for name in reversed(PRODUCTS):
+                zope.uninstallProduct(app, name)
+        zca.popGlobalRegistry()
+        del self['configurationContext']
+        config.reset()
+        del self['beaker_dir']
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        self['zodbDB'].close()
+        del self['zodbDB']
+
+    def setUpZCML(self):
+        # As Zope does at start-up: load the products' configure.zcml
+        # (Products.Sessions' makes manage_afterAdd hooks official).
+        zca.pushGlobalRegistry()
+        self['configurationContext'] = context = zca.stackConfigurationContext(
+            self.get('configurationContext'))
+        import Products.Sessions
+        xmlconfig.file('configure.zcml', Products.Sessions, context=context)
+        zcml = os.path.join(PACKAGE_DIR, 'configure.zcml')
+        if os.path.exists(zcml):
+            xmlconfig.file(zcml, context=context)
+
+
+FIXTURE = BeakerSessionDataManagerFixture()
+
+
+class SessionDataManagerFixture(Layer):
+    """Put a session data manager at ``/session_data_manager``.
+
+    Subclasses say which one in ``installSessionDataManager(app)``.
+    """
+
+    defaultBases = (FIXTURE,)
+
+    def setUp(self):
+        self['zodbDB'] = zodb.stackDemoStorage(
+            self.get('zodbDB'), name=self.__name__)
+        with zope.zopeApp() as app:
+            if 'session_data_manager' in app.objectIds():
+                app._delObject('session_data_manager')
+            self.installSessionDataManager(app)
+
+    def tearDown(self):
+        self['zodbDB'].close()
+        del self['zodbDB']
+
+    def installSessionDataManager(self, app):
+        raise NotImplementedError
+
+
+class StockSessionsFixture(SessionDataManagerFixture):
+    """The stock manager, as Products.Sessions installs it in a new Zope."""
+
+    def installSessionDataManager(self, app):
+        from Products.Sessions import install_session_data_manager
+        install_session_data_manager(app)
+
+
+class BeakerSessionsFixture(SessionDataManagerFixture):
+    """This product's manager in place of the stock one."""
+
+    def installSessionDataManager(self, app):
+        factory = app.manage_addProduct['BeakerSessionDataManager']
+        factory.addBeakerSessionDataManager('session_data_manager')
+
+
+STOCK_SESSIONS_FIXTURE = StockSessionsFixture(
+    name='StockSessionsFixture')
+BEAKER_SESSIONS_FIXTURE = BeakerSessionsFixture(
+    name='BeakerSessionsFixture')
+
+STOCK_SESSIONS_FUNCTIONAL_TESTING = zope.FunctionalTesting(
+    bases=(STOCK_SESSIONS_FIXTURE,), name='StockSessions:Functional')
+BEAKER_SESSIONS_FUNCTIONAL_TESTING = zope.FunctionalTesting(
+    bases=(BEAKER_SESSIONS_FIXTURE,), name='BeakerSessions:Functional')
+BEAKER_SESSIONS_INTEGRATION_TESTING = zope.IntegrationTesting(
+    bases=(BEAKER_SESSIONS_FIXTURE,), name='BeakerSessions:Integration')
+
+
+class ZopeWSGIApp:
+    """Zope's WSGI publisher as a WSGI server runs it.
+
+    Publishes against the database of the current (functional) layer, since
+    Zope's application opens its connections from the layer's ``zodbDB``.
+    Like a WSGI server, turns an exception that escapes the publisher into
+    ``500 Internal Server Error`` (set ``handle_errors = False`` to see it
+    raised instead).  Keeps the caller's security manager.
+    """
+
+    handle_errors = True
+
+    def __init__(self):
+        self.publish = HTTPExceptionHandler(publish_module)
+
+    def __call__(self, environ, start_response):
+        security_manager = getSecurityManager()
+        try:
+            return self.publish(environ, start_response)
+        except Exception:
+            if not self.handle_errors:
+                raise
+            start_response('500 Internal Server Error',
+                           [('Content-Type', 'text/plain')],
+                           sys.exc_info())
+            return [b'Internal Server Error']
+        finally:
+            setSecurityManager(security_manager)
+
+
+def browser(**kw):
+    """A `webtest.TestApp` publishing through Zope; one cookie jar each.
+
+    The test must ``transaction.commit()`` what it set up before the first
+    request: the publisher begins a new transaction, discarding uncommitted
+    changes.  ``browser().authorization = ('Basic', (name, password))``
+    authenticates, e.g. as ``MANAGER_NAME``/``MANAGER_PASSWORD``.
+    """
+    kw.setdefault('extra_environ', {'HTTP_HOST': 'nohost'})
+    return webtest.TestApp(ZopeWSGIApp(), **kw)
