@@ -199,8 +199,8 @@ def check_secret(secret):
             secret.lower() in PLACEHOLDER_SECRETS or len(set(secret)) < 8:
         raise ConfigurationError(
             'session.secret: too weak (%d characters); use a random string '
-            'of at least %d characters, e.g. the output of '
-            '"python3 -c \'import secrets; print(secrets.token_urlsafe(36))\'".'
+            'of at least %d characters, e.g. the output of: python3 -c '
+            '"import secrets; print(secrets.token_urlsafe(36))"'
             % (len(secret), MIN_SECRET_LENGTH))
 
 
