@@ -1,0 +1,93 @@
+# Development tasks for Products.BeakerSessionDataManager.
+#
+#   make run        demo Zope 6 instance on http://127.0.0.1:$(PORT)/ (admin/admin)
+#   make test       the test suite on Zope 6, then on Zope 5
+#   make test-zope6 / make test-zope5 / make lint / make coverage / make clean
+#
+# Needs only Python 3 (3.10 or newer) and network access to PyPI.
+
+PYTHON ?= python3
+PORT ?= 8080
+PYTEST_ARGS ?=
+
+EXTRAS := test,redis,memcached,sqlalchemy,postgresql,crypto
+ZOPE6 := 'Zope[wsgi] >= 6.0, < 7'
+# ZODB 6.3 adds a setting that Zope 5's zope.conf schema rejects.
+ZOPE5 := 'Zope[wsgi] >= 5.8, < 6' 'ZODB < 6.3'
+PIP_INSTALL := bin/pip install --quiet --disable-pip-version-check
+
+VENV := .venv
+VENV5 := .venv-zope5
+INSTANCE := var/demo
+
+.PHONY: all run test test-zope6 test-zope5 lint coverage clean clean-demo
+
+all: test
+
+# A virtualenv is (re)installed when the packaging files change; the stamp
+# file records the last install.
+$(VENV)/.installed: setup.py pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/$(PIP_INSTALL) --upgrade pip
+	$(VENV)/$(PIP_INSTALL) -e '.[$(EXTRAS)]' $(ZOPE6)
+	touch $@
+
+$(VENV5)/.installed: setup.py pyproject.toml
+	test -x $(VENV5)/bin/python || $(PYTHON) -m venv $(VENV5)
+	$(VENV5)/$(PIP_INSTALL) --upgrade pip
+	$(VENV5)/$(PIP_INSTALL) -e '.[$(EXTRAS)]' $(ZOPE5)
+	touch $@
+
+# --- demo instance --------------------------------------------------------
+
+$(INSTANCE)/etc/zope.conf: | $(VENV)/.installed
+	$(VENV)/bin/mkwsgiinstance -d $(INSTANCE) -u admin:admin
+
+run: $(VENV)/.installed $(INSTANCE)/etc/zope.conf
+	$(VENV)/bin/python demo/configure_instance.py $(INSTANCE) $(PORT)
+	$(VENV)/bin/zconsole run $(INSTANCE)/etc/zope.conf demo/setup_demo.py
+	@echo
+	@echo "  Demo page: http://127.0.0.1:$(PORT)/"
+	@echo "  ZMI:       http://127.0.0.1:$(PORT)/manage  (login admin / admin)"
+	@echo "  Stop with Ctrl-C."
+	@echo
+	$(VENV)/bin/runwsgi $(INSTANCE)/etc/zope.ini
+
+# --- tests ----------------------------------------------------------------
+
+# pytest in the virtualenv $(1), after a line naming its Zope version.
+pytest_in = echo "=== Zope $$($(1)/bin/python -c 'import importlib.metadata as m; print(m.version("Zope"))') ($(1)) ===" && $(1)/bin/pytest $(PYTEST_ARGS)
+
+# Both runs happen even if the first fails; Zope 5 runs last, so that on
+# success the last line printed is pytest's summary.
+test: $(VENV)/.installed $(VENV5)/.installed
+	@zope6=0; zope5=0; \
+	$(call pytest_in,$(VENV)) || zope6=$$?; \
+	$(call pytest_in,$(VENV5)) || zope5=$$?; \
+	if [ $$zope6 != 0 ]; then echo "The Zope 6 run failed, see above."; fi; \
+	[ $$zope6 = 0 ] && [ $$zope5 = 0 ]
+
+test-zope6: $(VENV)/.installed
+	@$(call pytest_in,$(VENV))
+
+test-zope5: $(VENV5)/.installed
+	@$(call pytest_in,$(VENV5))
+
+lint: $(VENV)/.installed
+	$(VENV)/$(PIP_INSTALL) flake8 isort
+	$(VENV)/bin/flake8 src setup.py demo
+	$(VENV)/bin/isort --check-only --diff src setup.py demo
+
+coverage: $(VENV)/.installed
+	$(VENV)/$(PIP_INSTALL) pytest-cov
+	$(VENV)/bin/pytest --cov --cov-report=term-missing --cov-report=html \
+	    --cov-fail-under=95 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(VENV5) build dist .tox .pytest_cache .hypothesis \
+	    .coverage .coverage.* htmlcov src/*.egg-info
+	find src demo -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The demo instance (its ZODB and sessions) survives `make clean`.
+clean-demo:
+	rm -rf $(INSTANCE)

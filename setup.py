@@ -1,0 +1,101 @@
+"""Package metadata for Products.BeakerSessionDataManager."""
+from setuptools import find_namespace_packages
+from setuptools import setup
+
+
+def read(*names):
+    """Return the text of the files ``names``, joined by a blank line."""
+    texts = []
+    for name in names:
+        with open(name, encoding='utf-8') as f:
+            texts.append(f.read())
+    return '\n\n'.join(texts)
+
+
+TESTS_REQUIRE = [
+    'Products.PythonScripts',
+    'Products.TemporaryFolder',
+    'WebTest',
+    'hypothesis',
+    'plone.testing',
+    # 8.1 brings ``consider_namespace_packages`` for the PEP 420 namespace.
+    'pytest >= 8.1',
+    'zope.pytestlayer',
+    'zope.testbrowser',
+]
+
+setup(
+    name='Products.BeakerSessionDataManager',
+    version='3.0.dev0',
+    description=(
+        'A Zope session data manager that keeps sessions in Beaker stores '
+        'instead of the ZODB.'),
+    long_description=read('README.rst', 'CHANGES.rst'),
+    long_description_content_type='text/x-rst',
+    author='Products.BeakerSessionDataManager contributors',
+    url='https://github.com/davisagli/Products.BeakerSessionDataManager',
+    project_urls={
+        'Issue Tracker': (
+            'https://github.com/davisagli/'
+            'Products.BeakerSessionDataManager/issues'),
+        'Sources': (
+            'https://github.com/davisagli/Products.BeakerSessionDataManager'),
+        'Changelog': (
+            'https://github.com/davisagli/Products.BeakerSessionDataManager'
+            '/blob/main/CHANGES.rst'),
+    },
+    license='MIT',
+    license_files=['LICENSE.txt'],
+    keywords='Zope session Beaker session_data_manager redis memcached',
+    classifiers=[
+        'Development Status :: 4 - Beta',
+        'Environment :: Web Environment',
+        'Framework :: Plone',
+        'Framework :: Plone :: 6.0',
+        'Framework :: Zope',
+        'Framework :: Zope :: 5',
+        'Framework :: Zope :: 6',
+        'Intended Audience :: Developers',
+        'Intended Audience :: System Administrators',
+        'Operating System :: OS Independent',
+        'Programming Language :: Python',
+        'Programming Language :: Python :: 3',
+        'Programming Language :: Python :: 3 :: Only',
+        'Programming Language :: Python :: 3.10',
+        'Programming Language :: Python :: 3.11',
+        'Programming Language :: Python :: 3.12',
+        'Programming Language :: Python :: 3.13',
+        'Programming Language :: Python :: Implementation :: CPython',
+        'Topic :: Internet :: WWW/HTTP :: Session',
+    ],
+    # PEP 420: ``Products`` is a namespace without ``__init__.py``.  Listing
+    # it makes ``pip install -e .`` put src/ on sys.path, where Zope's product
+    # discovery (pkgutil over ``Products.__path__``) finds the product.
+    packages=find_namespace_packages(
+        'src', include=['Products', 'Products.*'],
+        exclude=['*.__pycache__']),
+    package_dir={'': 'src'},
+    include_package_data=True,
+    zip_safe=False,
+    python_requires='>=3.10',
+    install_requires=[
+        'Beaker >= 1.12',
+        'Products.Sessions',
+        'Zope >= 5.8',
+        'zope.component',
+        'zope.interface',
+    ],
+    extras_require={
+        'test': TESTS_REQUIRE,
+        'redis': ['redis'],
+        'memcached': ['python-memcached'],
+        'sqlalchemy': ['SQLAlchemy'],
+        'postgresql': ['SQLAlchemy', 'psycopg2-binary'],
+        'crypto': ['pycryptodome'],
+    },
+    entry_points={
+        'console_scripts': [
+            'beaker-sessions = Products.BeakerSessionDataManager.scripts:main',
+        ],
+    },
+)
