@@ -148,7 +148,7 @@ class BeakerStore:
                 namespace.release_write_lock()
             return
         lock = namespace.get_creation_lock(RECORD_KEY)
-        lock.acquire_write_lock()
+        lock.acquire()
         try:
             namespace.acquire_write_lock()
             try:
@@ -156,7 +156,7 @@ class BeakerStore:
             finally:
                 namespace.release_write_lock()
         finally:
-            lock.release_write_lock()
+            lock.release()
 
 
 @implementer(ISessionStore)
