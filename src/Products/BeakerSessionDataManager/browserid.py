@@ -116,7 +116,7 @@ class BeakerBrowserIdManager(Implicit):
         return aq_parent(self)
 
     def _session(self, create=0):
-        return self._manager().getSessionData(create=create)
+        return self._manager()._browser_session(create=create, id_only=True)
 
     def _existing_session(self):
         session = self._session()

@@ -19,9 +19,11 @@ from .interfaces import IBeakerSessionData
 CREATED = '_creation_time'
 ACCESSED = '_accessed_time'
 MODIFIED = '_modified_time'
+# A browser id was handed out (getBrowserId), but no session data yet.
+ID_ONLY = '_browser_id_only'
 # Keys Beaker and this product keep in the record beside the user's data.
-INTERNAL_KEYS = frozenset([CREATED, ACCESSED, MODIFIED, '_domain', '_path',
-                           '_id'])
+INTERNAL_KEYS = frozenset([CREATED, ACCESSED, MODIFIED, ID_ONLY, '_domain',
+                           '_path', '_id'])
 IMMUTABLE_TYPES = (str, bytes, int, float, complex, bool, type(None),
                    frozenset)
 _marker = object()
@@ -64,6 +66,7 @@ class BeakerSessionData(Implicit):
         self._created = record.get(CREATED, now)
         self._last_accessed = record.get(ACCESSED, now)
         self._last_modified = record.get(MODIFIED)
+        self._id_only = bool(record.get(ID_ONLY))
         self._data = split_record(record)
         self._saved = dict(self._data)
         self._write_granularity = write_granularity
@@ -129,6 +132,10 @@ class BeakerSessionData(Implicit):
             if key in self._data:
                 record[key] = self._data[key]
         record[ACCESSED] = now
+        if self._id_only:
+            record[ID_ONLY] = True
+        else:
+            record.pop(ID_ONLY, None)
         if self._last_modified is not None:
             record[MODIFIED] = self._last_modified
         return record

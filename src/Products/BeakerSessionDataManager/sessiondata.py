@@ -89,17 +89,13 @@ class BeakerSessionDataManager(SimpleItem):
     @security.protected(access_session_data)
     def getSessionData(self, create=1):
         """See ISessionDataManager."""
-        request = self._request()
-        sessions = self._request_sessions(request)
-        if not sessions.looked_up:
-            sessions.current = self._load_current(request)
-            sessions.looked_up = True
-        session = sessions.current
-        if session is not None and not session.isValid():
-            # Invalidated in this request: the next session gets a new id.
-            session = sessions.current = None
-        if session is None and create:
-            session = sessions.current = self._create(request)
+        session = self._browser_session(create=create)
+        if session is not None and session._id_only:
+            if not create:
+                return None
+            # The browser had an id (getBrowserId); now it has a session.
+            session._id_only = False
+            session._register()
         return session.__of__(self) if session is not None else None
 
     @security.protected(access_session_data)
@@ -118,7 +114,9 @@ class BeakerSessionDataManager(SimpleItem):
         if key not in sessions.by_key:
             sessions.by_key[key] = self._load(request, key)
         session = sessions.by_key[key]
-        return session.__of__(self) if session is not None else None
+        if session is None or session._id_only:
+            return None
+        return session.__of__(self)
 
     @security.protected(access_user_session_data)
     def clearSessionData(self):
@@ -217,6 +215,22 @@ class BeakerSessionDataManager(SimpleItem):
             raise SessionDataManagerErr(
                 'Sessions need a request; none is being published.')
         return request
+
+    def _browser_session(self, create=0, id_only=False):
+        """This request's session, even one that is only a browser id."""
+        request = self._request()
+        sessions = self._request_sessions(request)
+        if not sessions.looked_up:
+            sessions.current = self._load_current(request)
+            sessions.looked_up = True
+        session = sessions.current
+        if session is not None and not session.isValid():
+            # Invalidated in this request: the next session gets a new id.
+            session = sessions.current = None
+        if session is None and create:
+            session = sessions.current = self._create(request)
+            session._id_only = id_only
+        return session
 
     def _request_sessions(self, request):
         per_manager = request.__dict__.setdefault(REQUEST_STATE_KEY, {})

@@ -19,6 +19,7 @@ from beaker.crypto import get_crypto_module
 from beaker.crypto import get_nonce_size
 from beaker.util import JsonSerializer
 from beaker.util import PickleSerializer
+
 from zope.interface import implementer
 
 from .interfaces import ISessionStore

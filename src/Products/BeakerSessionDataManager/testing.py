@@ -1,5 +1,6 @@
 """Test layers and a WSGI test client for Products.BeakerSessionDataManager."""
 
+import logging
 import os
 import secrets
 import shutil
@@ -7,14 +8,14 @@ import sys
 import tempfile
 
 import webtest
+
+from AccessControl.SecurityManagement import getSecurityManager
+from AccessControl.SecurityManagement import setSecurityManager
 from plone.testing import Layer
 from plone.testing import zca
 from plone.testing import zodb
 from plone.testing import zope
 from zope.configuration import xmlconfig
-
-from AccessControl.SecurityManagement import getSecurityManager
-from AccessControl.SecurityManagement import setSecurityManager
 from ZPublisher.httpexceptions import HTTPExceptionHandler
 from ZPublisher.WSGIPublisher import publish_module
 
@@ -31,6 +32,8 @@ PRODUCTS = (
 )
 
 PACKAGE_DIR = os.path.dirname(__file__)
+
+logger = logging.getLogger(__name__)
 
 
 class BeakerSessionDataManagerFixture(Layer):
@@ -67,8 +70,11 @@ class BeakerSessionDataManagerFixture(Layer):
             for name in PRODUCTS:
                 zope.installProduct(app, name)
             if 'temp_folder' not in app.objectIds():
+                # Zope mounts this from a temporary storage; a container
+                # of the same class in the test database will do.
                 from Products.TemporaryFolder import TemporaryContainer
-                app._setObject('temp_folder', TemporaryContainer('temp_folder'))
+                app._setObject(
+                    'temp_folder', TemporaryContainer('temp_folder'))
             app.acl_users.userFolderAddUser(
                 MANAGER_NAME, MANAGER_PASSWORD, ['Manager'], [])
 
@@ -100,52 +106,55 @@ class BeakerSessionDataManagerFixture(Layer):
 
 
 FIXTURE = BeakerSessionDataManagerFixture()
+FUNCTIONAL_TESTING = zope.FunctionalTesting(
+    bases=(FIXTURE,), name='BeakerSessionDataManager:Functional')
+INTEGRATION_TESTING = zope.IntegrationTesting(
+    bases=(FIXTURE,), name='BeakerSessionDataManager:Integration')
+
+
+def replaceSessionDataManager(app, factory):
+    """Replace ``/session_data_manager`` by what ``factory(app)`` adds."""
+    if 'session_data_manager' in app.objectIds():
+        app._delObject('session_data_manager')
+    factory(app)
+
+
+def addStockSessionDataManager(app):
+    """Add the stock manager, as Products.Sessions does in a new Zope."""
+    from Products.Sessions import install_session_data_manager
+    install_session_data_manager(app)
+
+
+def addBeakerSessionDataManager(app):
+    """Add this product's manager, as a site manager would in the ZMI."""
+    factory = app.manage_addProduct['BeakerSessionDataManager']
+    factory.addBeakerSessionDataManager('session_data_manager')
 
 
 class SessionDataManagerFixture(Layer):
-    """Put a session data manager at ``/session_data_manager``.
-
-    Subclasses say which one in ``installSessionDataManager(app)``.
-    """
+    """Put the session data manager made by ``factory`` at the root."""
 
     defaultBases = (FIXTURE,)
+
+    def __init__(self, factory, **kw):
+        super().__init__(**kw)
+        self.factory = factory
 
     def setUp(self):
         self['zodbDB'] = zodb.stackDemoStorage(
             self.get('zodbDB'), name=self.__name__)
         with zope.zopeApp() as app:
-            if 'session_data_manager' in app.objectIds():
-                app._delObject('session_data_manager')
-            self.installSessionDataManager(app)
+            replaceSessionDataManager(app, self.factory)
 
     def tearDown(self):
         self['zodbDB'].close()
         del self['zodbDB']
 
-    def installSessionDataManager(self, app):
-        raise NotImplementedError
 
-
-class StockSessionsFixture(SessionDataManagerFixture):
-    """The stock manager, as Products.Sessions installs it in a new Zope."""
-
-    def installSessionDataManager(self, app):
-        from Products.Sessions import install_session_data_manager
-        install_session_data_manager(app)
-
-
-class BeakerSessionsFixture(SessionDataManagerFixture):
-    """This product's manager in place of the stock one."""
-
-    def installSessionDataManager(self, app):
-        factory = app.manage_addProduct['BeakerSessionDataManager']
-        factory.addBeakerSessionDataManager('session_data_manager')
-
-
-STOCK_SESSIONS_FIXTURE = StockSessionsFixture(
-    name='StockSessionsFixture')
-BEAKER_SESSIONS_FIXTURE = BeakerSessionsFixture(
-    name='BeakerSessionsFixture')
+STOCK_SESSIONS_FIXTURE = SessionDataManagerFixture(
+    addStockSessionDataManager, name='StockSessionsFixture')
+BEAKER_SESSIONS_FIXTURE = SessionDataManagerFixture(
+    addBeakerSessionDataManager, name='BeakerSessionsFixture')
 
 STOCK_SESSIONS_FUNCTIONAL_TESTING = zope.FunctionalTesting(
     bases=(STOCK_SESSIONS_FIXTURE,), name='StockSessions:Functional')
@@ -161,8 +170,8 @@ class ZopeWSGIApp:
     Publishes against the database of the current (functional) layer, since
     Zope's application opens its connections from the layer's ``zodbDB``.
     Like a WSGI server, turns an exception that escapes the publisher into
-    ``500 Internal Server Error`` (set ``handle_errors = False`` to see it
-    raised instead).  Keeps the caller's security manager.
+    ``500 Internal Server Error`` and logs it (set ``handle_errors = False``
+    to have it raised instead).  Keeps the caller's security manager.
     """
 
     handle_errors = True
@@ -177,6 +186,7 @@ class ZopeWSGIApp:
         except Exception:
             if not self.handle_errors:
                 raise
+            logger.exception('Error publishing %s', environ['PATH_INFO'])
             start_response('500 Internal Server Error',
                            [('Content-Type', 'text/plain')],
                            sys.exc_info())

@@ -3,9 +3,10 @@ import os
 import tempfile
 import unittest
 
+from Products.Sessions.interfaces import SessionDataManagerErr
+
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager.interfaces import ConfigurationError
-from Products.Sessions.interfaces import SessionDataManagerErr
 
 
 SECRET = 'Qv3s9dJk2LmN8pRt5WxYz1AbCdEfGhIjKl'

@@ -288,3 +288,54 @@ class ZMITests(ManagerTestCase):
         with zope.zopeApp() as app:
             self.assertEqual(app.other_sdm.meta_type,
                              'Beaker Session Data Manager')
+
+
+class BrowserIdManagerRefusalTests(ManagerTestCase):
+    """What cannot apply to Beaker ids is refused with BrowserIdManagerErr."""
+
+    def test_refusals_and_flush(self):
+        add_script(self.app, 'refusals', """\
+from Products.Sessions.interfaces import BrowserIdManagerErr
+bim = context.session_data_manager.getBrowserIdManager()
+result = []
+try:
+    bim.isBrowserIdNew()
+except BrowserIdManagerErr:
+    result.append('no id yet')
+bim.getBrowserId()
+result.append(repr(bim.isBrowserIdFromForm()))
+result.append(repr(bim.isBrowserIdFromUrl()))
+result.append(repr(bim.getBrowserIdNamespaces()))
+for call in (bim.getHiddenFormField,
+             lambda: bim.setBrowserIdCookieByForce('a' * 32)):
+    try:
+        call()
+    except BrowserIdManagerErr:
+        result.append('refused')
+bim.flushBrowserIdCookie()
+return ' '.join(result)
+""")
+        transaction.commit()
+        response = self.browser.get('/refusals')
+        self.assertEqual(response.text,
+                         "no id yet False False ('cookies',) refused refused")
+        [cookie] = self.cookie(response)
+        self.assertIn('Max-Age=0', cookie)
+
+
+class ManagerMethodsTests(ManagerTestCase):
+
+    def test_by_key_of_own_session_and_clear(self):
+        add_script(self.app, 'own', """\
+sdm = context.session_data_manager
+session = sdm.getSessionData()
+same = sdm.getSessionDataByKey(session.getContainerKey()) is not None
+sdm.clearSessionData()
+return '%s %s' % (same, session.keys())
+""")
+        transaction.commit()
+        self.browser.authorization = ('Basic',
+                                      (MANAGER_NAME, MANAGER_PASSWORD))
+        self.browser.get('/counter')
+        self.assertEqual(self.browser.get('/own').text, 'True []')
+        self.assertEqual(self.browser.get('/counter').text, '1')

@@ -2,9 +2,10 @@
 import os
 import unittest
 
-import transaction
 import webtest
 from beaker.middleware import SessionMiddleware
+
+import transaction
 
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager.testing import \

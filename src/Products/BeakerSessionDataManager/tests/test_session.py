@@ -4,8 +4,9 @@ import shutil
 import tempfile
 import unittest
 
-import transaction
 from beaker.container import FileNamespaceManager
+
+import transaction
 
 from Products.BeakerSessionDataManager.datamanager import SessionWriter
 from Products.BeakerSessionDataManager.session import BeakerSessionData
