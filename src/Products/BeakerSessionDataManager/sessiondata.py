@@ -21,6 +21,7 @@ from ZPublisher.BeforeTraverse import registerBeforeTraverse
 from ZPublisher.BeforeTraverse import unregisterBeforeTraverse
 
 from . import config
+from .browserid import SESSION_ID
 from .browserid import BeakerBrowserIdManager
 from .datamanager import SessionWriter
 from .interfaces import IBeakerSessionDataManager
@@ -111,6 +112,8 @@ class BeakerSessionDataManager(SimpleItem):
         current = self.getSessionData(create=0)
         if current is not None and current.getContainerKey() == key:
             return current
+        if not isinstance(key, str) or not SESSION_ID(key):
+            return None  # Not an id this product makes: not in the store.
         if key not in sessions.by_key:
             sessions.by_key[key] = self._load(request, key)
         session = sessions.by_key[key]

@@ -45,9 +45,9 @@ class BeakerSessionDataManagerFixture(Layer):
     Manager role in the root user folder.  Beaker stores its files in a
     temporary directory that is removed on tear-down.
 
-    Which session data manager sits at ``/session_data_manager`` is left to
-    the layers below (``STOCK_SESSIONS_FIXTURE``,
-    ``BEAKER_SESSIONS_FIXTURE``).
+    ``/session_data_manager`` is the stock one that Products.Sessions adds;
+    ``STOCK_SESSIONS_FIXTURE`` and ``BEAKER_SESSIONS_FIXTURE``, built on
+    this layer, say which one the tests get.
     """
 
     defaultBases = (zope.STARTUP,)
