@@ -14,6 +14,7 @@ from beaker.util import coerce_session_params
 
 from .browserid import SessionCookie
 from .interfaces import ConfigurationError
+from .session import WRITE_GRANULARITY
 from .store import BeakerStore
 
 
@@ -50,7 +51,7 @@ DEFAULTS = {
     'cookie_domain': None,
     'cookie_expires': True,
     'data_serializer': 'pickle',
-    'write_granularity': 30,
+    'write_granularity': WRITE_GRANULARITY,
 }
 
 _current = None

@@ -58,6 +58,7 @@ class SessionWriter:
     def tpc_vote(self, txn):
         session = self.session
         now = time.time()
+        session._collect_mutations()
         if not session._needs_write(now):
             return
         try:

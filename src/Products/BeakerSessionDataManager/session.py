@@ -24,6 +24,9 @@ ID_ONLY = '_browser_id_only'
 # Keys Beaker and this product keep in the record beside the user's data.
 INTERNAL_KEYS = frozenset([CREATED, ACCESSED, MODIFIED, ID_ONLY, '_domain',
                            '_path', '_id'])
+# Seconds between access-time writes of a session that is only read (the
+# value Products.Transience uses).
+WRITE_GRANULARITY = 30
 IMMUTABLE_TYPES = (str, bytes, int, float, complex, bool, type(None),
                    frozenset)
 _marker = object()
@@ -58,7 +61,8 @@ class BeakerSessionData(Implicit):
     security.setDefaultAccess('allow')
     security.declareObjectPublic()
 
-    def __init__(self, session_id, record=None, write_granularity=30):
+    def __init__(self, session_id, record=None,
+                 write_granularity=WRITE_GRANULARITY):
         now = time.time()
         self._id = session_id
         self._is_new = record is None
@@ -109,6 +113,12 @@ class BeakerSessionData(Implicit):
                 if key in self._data
                 and fingerprint(self._data[key]) != before]
 
+    def _collect_mutations(self):
+        """Turn values changed in place into changed keys, once, at commit."""
+        for key in self._mutated_keys():
+            self._changed.add(key)
+            del self._read_mutables[key]
+
     def _has_changes(self):
         return bool(self._changed or self._deleted or self._cleared
                     or self._invalid or self._mutated_keys())
@@ -128,7 +138,7 @@ class BeakerSessionData(Implicit):
                       if key in INTERNAL_KEYS}
         for key in self._deleted:
             record.pop(key, None)
-        for key in self._changed.union(self._mutated_keys()):
+        for key in self._changed:
             if key in self._data:
                 record[key] = self._data[key]
         record[ACCESSED] = now

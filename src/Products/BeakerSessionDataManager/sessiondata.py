@@ -30,6 +30,7 @@ from .interfaces import SessionStoreError
 from .permissions import access_session_data
 from .permissions import access_user_session_data
 from .permissions import change_session_data_managers
+from .session import WRITE_GRANULARITY
 from .session import BeakerSessionData
 from .store import MiddlewareStore
 
@@ -289,7 +290,7 @@ class BeakerSessionDataManager(SimpleItem):
                 and time.time() - accessed > configuration.timeout)
 
     def _session(self, session_id, record, store):
-        granularity = 30
+        granularity = WRITE_GRANULARITY
         timeout = None
         if config.is_configured():
             configuration = self._configuration()

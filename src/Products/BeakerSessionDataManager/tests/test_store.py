@@ -92,7 +92,3 @@ class DBMStoreTests(StoreTests):
 
 class MemoryStoreTests(StoreTests):
     store_type = 'memory'
-
-    def test_records_are_beaker_sessions(self):
-        # Beaker's memory namespaces are per process: shared here too.
-        super().test_records_are_beaker_sessions()
