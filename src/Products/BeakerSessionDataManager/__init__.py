@@ -1,5 +1,7 @@
 """Zope sessions kept in Beaker stores: product initialization."""
 import logging
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version
 
 from .permissions import add_session_data_managers
 
@@ -27,3 +29,17 @@ def initialize(context):
     else:
         logger.info('Beaker sessions: %s store (%s)', configuration.type,
                     configuration.store.name)
+    warn_about_collective_beaker()
+
+
+def warn_about_collective_beaker():
+    """collective.beaker 1.0b3, which 2.x needed, now breaks every request
+    that starts a session (it reads Beaker's removed ``_path``)."""
+    try:
+        installed = version('collective.beaker')
+    except PackageNotFoundError:
+        return
+    logger.warning(
+        'collective.beaker %s is installed: it is no longer needed, and with '
+        'Beaker >= 1.11 it fails every request that starts a session. '
+        'Remove it from the instance.', installed)

@@ -142,3 +142,20 @@ class ZopeConfTests(unittest.TestCase):
         with self.assertRaises(ConfigurationError) as caught:
             initialize(Context())
         self.assertIn('session.secret', str(caught.exception))
+
+    def test_warns_about_collective_beaker(self):
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version
+
+        from Products.BeakerSessionDataManager import \
+            warn_about_collective_beaker
+        try:
+            version('collective.beaker')
+        except PackageNotFoundError:
+            with self.assertNoLogs('Products.BeakerSessionDataManager'):
+                warn_about_collective_beaker()
+        else:
+            with self.assertLogs('Products.BeakerSessionDataManager',
+                                 'WARNING') as logged:
+                warn_about_collective_beaker()
+            self.assertIn('Remove it', logged.output[0])
