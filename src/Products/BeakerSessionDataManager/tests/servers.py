@@ -1,0 +1,285 @@
+"""Real session stores for the tests, on free loopback ports.
+
+The suite starts its own redis-server, Redis Cluster and memcached, so that
+it never touches a server somebody else uses and can kill one to test an
+outage.  A missing server binary skips the tests that need it, naming the
+binary; with ``CI=true`` it fails them instead, since CI must run them all.
+
+``shared_redis()``, ``shared_redis_cluster()``, ``shared_memcached(n)``
+start a server once per test run and stop it at exit; tests that stop or
+kill a server make their own with ``RedisServer()`` / ``MemcachedServer()``
+and ``with server:``.
+"""
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+
+POSTGRESQL_URL = os.environ.get(
+    'BEAKER_TEST_POSTGRESQL_URL',
+    'postgresql+psycopg2://postgres@127.0.0.1:5432/test')
+DEBIAN_PACKAGES = {
+    'redis-server': 'redis-server',
+    'redis-cli': 'redis-tools',
+    'memcached': 'memcached',
+}
+
+
+def in_ci():
+    return os.environ.get('CI', '').lower() == 'true'
+
+
+def unavailable(reason):
+    """Skip the calling test, or fail it in CI, where nothing may skip."""
+    if in_ci():
+        pytest.fail('%s (CI=true: tests may not skip)' % reason,
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def require_binary(name):
+    """The path of the server binary ``name``, or skip/fail naming it."""
+    path = shutil.which(name)
+    if path is None:
+        unavailable('%s is not installed (apt-get install %s)'
+                    % (name, DEBIAN_PACKAGES.get(name, name)))
+    return path
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def listening(port, host='127.0.0.1'):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout=20.0, what='condition'):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError('timed out after %ss waiting for %s' % (timeout, what))
+
+
+class Server:
+    """A server process of ours; a context manager that starts and stops it.
+
+    ``stop()`` ends it gracefully, ``kill()`` abruptly (an outage);
+    ``start()`` starts it again on the same port.
+    """
+
+    binary = None
+
+    def __init__(self, port=None):
+        self.path = require_binary(self.binary)
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix='beaker-%s-' % self.binary)
+        self.process = None
+
+    def command(self):
+        raise NotImplementedError
+
+    def start(self):
+        log = open(os.path.join(self.dir, 'server.log'), 'ab')
+        self.process = subprocess.Popen(
+            self.command(), cwd=self.dir, stdout=log, stderr=log,
+            stdin=subprocess.DEVNULL)
+        log.close()
+        try:
+            wait_until(lambda: self.process.poll() is None
+                       and listening(self.port),
+                       what='%s on port %s' % (self.binary, self.port))
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError('%s did not start; its log: %s' % (
+                self.binary, self.log()))
+        return self
+
+    def log(self):
+        with open(os.path.join(self.dir, 'server.log'), errors='replace') as f:
+            return f.read()[-2000:]
+
+    def stop(self):
+        self._end(self.process and self.process.terminate)
+
+    def kill(self):
+        self._end(self.process and self.process.kill)
+
+    def _end(self, signal):
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            signal()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.cleanup()
+
+
+class RedisServer(Server):
+    """A redis-server that keeps nothing on disk."""
+
+    binary = 'redis-server'
+
+    def __init__(self, port=None, *extra_args):
+        super().__init__(port)
+        self.extra_args = list(extra_args)
+
+    def command(self):
+        return [self.path, '--port', str(self.port), '--bind', '127.0.0.1',
+                '--save', '', '--appendonly', 'no', '--dir', self.dir,
+                ] + self.extra_args
+
+    @property
+    def url(self):
+        return 'redis://127.0.0.1:%s/0' % self.port
+
+    def client(self):
+        import redis
+        return redis.Redis(port=self.port)
+
+
+class RedisCluster:
+    """Three redis-server nodes joined into a cluster with redis-cli."""
+
+    def __init__(self, size=3):
+        require_binary('redis-cli')
+        self.nodes = []
+        for _ in range(size):
+            port = free_port()
+            self.nodes.append(RedisServer(
+                port, '--cluster-enabled', 'yes',
+                '--cluster-config-file', 'nodes-%s.conf' % port,
+                '--cluster-node-timeout', '2000'))
+
+    @property
+    def urls(self):
+        return ','.join('redis://127.0.0.1:%s' % node.port
+                        for node in self.nodes)
+
+    def start(self):
+        for node in self.nodes:
+            node.start()
+        addresses = ['127.0.0.1:%s' % node.port for node in self.nodes]
+        subprocess.run(
+            ['redis-cli', '--cluster', 'create'] + addresses
+            + ['--cluster-replicas', '0', '--cluster-yes'],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            timeout=60)
+        wait_until(self._ready, what='the redis cluster')
+        return self
+
+    def _ready(self):
+        for node in self.nodes:
+            info = subprocess.run(
+                ['redis-cli', '-p', str(node.port), 'cluster', 'info'],
+                capture_output=True, text=True, timeout=10).stdout
+            if 'cluster_state:ok' not in info:
+                return False
+        return True
+
+    def cleanup(self):
+        for node in self.nodes:
+            node.cleanup()
+
+    stop = cleanup
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.cleanup()
+
+
+class MemcachedServer(Server):
+
+    binary = 'memcached'
+
+    def command(self):
+        command = [self.path, '-l', '127.0.0.1', '-p', str(self.port),
+                   '-U', '0', '-m', '64']
+        if os.geteuid() == 0:
+            command += ['-u', 'root']  # memcached refuses root otherwise
+        return command
+
+    @property
+    def address(self):
+        return '127.0.0.1:%s' % self.port
+
+
+def memcached_url(servers):
+    """Beaker's ``session.url`` for a pool of memcached servers."""
+    return ';'.join(server.address for server in servers)
+
+
+_shared = {}
+
+
+def _shared_server(key, factory):
+    server = _shared.get(key)
+    if server is None:
+        server = _shared[key] = factory().start()
+        atexit.register(server.cleanup)
+    return server
+
+
+def shared_redis():
+    """A redis-server for the whole test run."""
+    return _shared_server('redis', RedisServer)
+
+
+def shared_redis_cluster():
+    """A three-node Redis Cluster for the whole test run."""
+    return _shared_server('redis-cluster', RedisCluster)
+
+
+def shared_memcached(count=1):
+    """``count`` memcached servers for the whole test run."""
+    return [_shared_server('memcached-%s' % i, MemcachedServer)
+            for i in range(count)]
+
+
+def postgresql_url():
+    """The URL of the PostgreSQL test database, or skip/fail."""
+    try:
+        import sqlalchemy
+        engine = sqlalchemy.create_engine(POSTGRESQL_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        unavailable('PostgreSQL is not reachable at %s: %s'
+                    % (POSTGRESQL_URL, exc))
+    return POSTGRESQL_URL
+
+
+def unique_name(prefix='beaker_test'):
+    """A table or schema name no other test run uses."""
+    return '%s_%s' % (prefix, uuid.uuid4().hex[:12])
