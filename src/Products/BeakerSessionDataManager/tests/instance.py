@@ -213,4 +213,3 @@ class ZopeInstance:
 
     def __exit__(self, *exc_info):
         self.cleanup()
-
