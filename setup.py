@@ -16,6 +16,8 @@ TESTS_REQUIRE = [
     'Products.PythonScripts',
     'Products.TemporaryFolder',
     'WebTest',
+    # The last release, still installed on sites moving from 2.x.
+    'collective.beaker == 1.0b3',
     'hypothesis',
     'plone.testing',
     # 8.1 brings ``consider_namespace_packages`` for the PEP 420 namespace.
