@@ -1,14 +1,19 @@
 # Development tasks for Products.BeakerSessionDataManager.
 #
 #   make run        demo Zope 6 instance on http://127.0.0.1:$(PORT)/ (admin/admin)
-#   make test       the test suite on Zope 6, then on Zope 5
-#   make test-zope6 / make test-zope5 / make lint / make coverage / make clean
+#   make test       the test suite on Zope 6, then on Zope 5, then the Plone
+#                   suite on Plone 6.2 (versions in constraints-plone.txt)
+#   make test-zope6 / make test-zope5 / make test-plone / make lint /
+#   make coverage / make clean
+#   make bench      the benchmark (benchmarks/bench.py; BENCH_ARGS=--quick)
 #
 # Needs only Python 3 (3.10 or newer) and network access to PyPI.
 
 PYTHON ?= python3
 PORT ?= 8080
 PYTEST_ARGS ?=
+# The Plone run has its own: ``-k redis`` would deselect all its tests.
+PLONE_PYTEST_ARGS ?=
 
 EXTRAS := test,redis,memcached,sqlalchemy,postgresql,crypto
 ZOPE6 := 'Zope[wsgi] >= 6.0, < 7'
@@ -18,9 +23,15 @@ PIP_INSTALL := bin/pip install --quiet --disable-pip-version-check
 
 VENV := .venv
 VENV5 := .venv-zope5
+VENVPLONE := .venv-plone
+VENVBENCH := .venv-bench
+BENCH_ARGS ?=
+PLONE := Products.CMFPlone plone.app.testing
+PLONE_TESTS := src/Products/BeakerSessionDataManager/tests/plone
 INSTANCE := var/demo
 
-.PHONY: all run test test-zope6 test-zope5 lint coverage clean clean-demo
+.PHONY: all run test test-zope6 test-zope5 test-plone lint coverage clean \
+    clean-demo bench
 
 all: test
 
@@ -36,6 +47,21 @@ $(VENV5)/.installed: setup.py pyproject.toml
 	test -x $(VENV5)/bin/python || $(PYTHON) -m venv $(VENV5)
 	$(VENV5)/$(PIP_INSTALL) --upgrade pip
 	$(VENV5)/$(PIP_INSTALL) -e '.[$(EXTRAS)]' $(ZOPE5)
+	touch $@
+
+# Plone and its Zope come from the pinned set in constraints-plone.txt.
+$(VENVPLONE)/.installed: setup.py pyproject.toml constraints-plone.txt
+	test -x $(VENVPLONE)/bin/python || $(PYTHON) -m venv $(VENVPLONE)
+	$(VENVPLONE)/$(PIP_INSTALL) --upgrade pip
+	$(VENVPLONE)/$(PIP_INSTALL) -c constraints-plone.txt -e '.[test]' \
+	    $(PLONE)
+	touch $@
+
+# The benchmark's own: Zope 6 with Products.mcdutils and the load generator.
+$(VENVBENCH)/.installed: setup.py pyproject.toml
+	test -x $(VENVBENCH)/bin/python || $(PYTHON) -m venv $(VENVBENCH)
+	$(VENVBENCH)/$(PIP_INSTALL) --upgrade pip
+	$(VENVBENCH)/$(PIP_INSTALL) -e '.[$(EXTRAS),bench]' $(ZOPE6)
 	touch $@
 
 # --- demo instance --------------------------------------------------------
@@ -58,14 +84,19 @@ run: $(VENV)/.installed $(INSTANCE)/etc/zope.conf
 # pytest in the virtualenv $(1), after a line naming its Zope version.
 pytest_in = echo "=== Zope $$($(1)/bin/python -c 'import importlib.metadata as m; print(m.version("Zope"))') ($(1)) ===" && $(1)/bin/pytest $(PYTEST_ARGS)
 
-# Both runs happen even if the first fails; Zope 5 runs last, so that on
+# The Plone suite in $(VENVPLONE), after a line naming Plone and Zope.
+pytest_plone = echo "=== Plone $$($(VENVPLONE)/bin/python -c 'import importlib.metadata as m; print(m.version("Products.CMFPlone"), "on Zope", m.version("Zope"))') ($(VENVPLONE)) ===" && $(VENVPLONE)/bin/pytest $(PLONE_PYTEST_ARGS) $(PLONE_TESTS)
+
+# All runs happen even if one fails; the Plone suite runs last, so that on
 # success the last line printed is pytest's summary.
-test: $(VENV)/.installed $(VENV5)/.installed
-	@zope6=0; zope5=0; \
+test: $(VENV)/.installed $(VENV5)/.installed $(VENVPLONE)/.installed
+	@zope6=0; zope5=0; plone=0; \
 	$(call pytest_in,$(VENV)) || zope6=$$?; \
 	$(call pytest_in,$(VENV5)) || zope5=$$?; \
+	$(pytest_plone) || plone=$$?; \
 	if [ $$zope6 != 0 ]; then echo "The Zope 6 run failed, see above."; fi; \
-	[ $$zope6 = 0 ] && [ $$zope5 = 0 ]
+	if [ $$zope5 != 0 ]; then echo "The Zope 5 run failed, see above."; fi; \
+	[ $$zope6 = 0 ] && [ $$zope5 = 0 ] && [ $$plone = 0 ]
 
 test-zope6: $(VENV)/.installed
 	@$(call pytest_in,$(VENV))
@@ -73,19 +104,28 @@ test-zope6: $(VENV)/.installed
 test-zope5: $(VENV5)/.installed
 	@$(call pytest_in,$(VENV5))
 
+test-plone: $(VENVPLONE)/.installed
+	@$(pytest_plone)
+
 lint: $(VENV)/.installed
 	$(VENV)/$(PIP_INSTALL) flake8 isort
-	$(VENV)/bin/flake8 src setup.py demo
-	$(VENV)/bin/isort --check-only --diff src setup.py demo
+	$(VENV)/bin/flake8 src setup.py demo benchmarks
+	$(VENV)/bin/isort --check-only --diff src setup.py demo benchmarks
 
 coverage: $(VENV)/.installed
 	$(VENV)/$(PIP_INSTALL) pytest-cov
 	$(VENV)/bin/pytest --cov --cov-report=term-missing --cov-report=html \
 	    --cov-fail-under=95 $(PYTEST_ARGS)
 
+# --- benchmark ------------------------------------------------------------
+
+# Writes benchmarks/results/latest.{json,png,rst}; takes about 25 minutes.
+bench: $(VENVBENCH)/.installed
+	$(VENVBENCH)/bin/python benchmarks/bench.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) $(VENV5) build dist .tox .pytest_cache .hypothesis \
-	    .coverage .coverage.* htmlcov src/*.egg-info
+	rm -rf $(VENV) $(VENV5) $(VENVPLONE) $(VENVBENCH) build dist .tox \
+	    .pytest_cache .hypothesis .coverage .coverage.* htmlcov src/*.egg-info
 	find src demo -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # The demo instance (its ZODB and sessions) survives `make clean`.

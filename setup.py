@@ -22,6 +22,8 @@ TESTS_REQUIRE = [
     'plone.testing',
     # 8.1 brings ``consider_namespace_packages`` for the PEP 420 namespace.
     'pytest >= 8.1',
+    # tests/test_browser.py drives Debian's chromium and chromedriver.
+    'selenium',
     'zope.pytestlayer',
     'zope.testbrowser',
 ]
@@ -54,6 +56,7 @@ setup(
         'Environment :: Web Environment',
         'Framework :: Plone',
         'Framework :: Plone :: 6.0',
+        'Framework :: Plone :: 6.2',
         'Framework :: Zope',
         'Framework :: Zope :: 5',
         'Framework :: Zope :: 6',
@@ -89,11 +92,19 @@ setup(
     ],
     extras_require={
         'test': TESTS_REQUIRE,
-        'redis': ['redis'],
+        # The client library of each store (README, "Stores"); redis.cluster
+        # came with redis-py 4.1.
+        'redis': ['redis >= 4.1'],
+        # Pure Python; Beaker's ``memcache_module = memcache``.
         'memcached': ['python-memcached'],
-        'sqlalchemy': ['SQLAlchemy'],
-        'postgresql': ['SQLAlchemy', 'psycopg2-binary'],
-        'crypto': ['pycryptodome'],
+        'sqlalchemy': ['SQLAlchemy >= 2.0'],
+        'postgresql': ['SQLAlchemy >= 2.0', 'psycopg2-binary'],
+        # Beaker prefers it to pycryptodome: authenticated AES-GCM.
+        'crypto': ['cryptography'],
+        # benchmarks/: load generator, chart, profilers and the memcached
+        # sessions the benchmark compares with.
+        'bench': ['aiohttp', 'matplotlib', 'Products.mcdutils', 'py-spy',
+                  'pyinstrument'],
     },
     entry_points={
         'console_scripts': [

@@ -36,14 +36,14 @@ def read(name):
 
 
 def install_session_data_manager(app):
-    """Replace the stock session data manager by ours, once."""
+    """Replace the stock session data manager by ours, once, as the ZMI add
+    form does with "Replace the existing session_data_manager" ticked."""
     sdm = app._getOb(SDM_ID, None)
     if sdm is not None and sdm.meta_type == SDM_META_TYPE:
         return False
-    if sdm is not None:
-        app.manage_delObjects([SDM_ID])
     app.manage_addProduct['BeakerSessionDataManager'] \
-        .addBeakerSessionDataManager(SDM_ID, title=SDM_META_TYPE)
+        .addBeakerSessionDataManager(SDM_ID, title=SDM_META_TYPE,
+                                     replace=True)
     return True
 
 

@@ -3,8 +3,11 @@ import logging
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version
 
+from .fixation import regenerate_session
 from .permissions import add_session_data_managers
 
+
+__all__ = ['initialize', 'regenerate_session']
 
 logger = logging.getLogger('Products.BeakerSessionDataManager')
 

@@ -8,12 +8,17 @@ some visitor's request later.
 """
 import logging
 import os
+import threading
 
-from beaker.cache import clsmap
+from beaker.crypto import DEFAULT_NONCE_BITS
+from beaker.crypto import get_crypto_module
 from beaker.util import coerce_session_params
 
 from .browserid import SessionCookie
+from .cookiestore import SessionRecordCookie
 from .interfaces import ConfigurationError
+from .namespaces import namespace_for
+from .outages import describe
 from .session import WRITE_GRANULARITY
 from .store import BeakerStore
 
@@ -27,7 +32,13 @@ PLACEHOLDER_SECRETS = frozenset([
     'secret', 'changeme', 'change-me', 'change_me', 'mysecret', 'somesecret',
     'your-secret', 'yoursecret', 'please-change-me', 'beaker',
 ])
+SECRET_OPTIONS = ('secret', 'encrypt_key', 'validate_key')
 SAMESITE_VALUES = {'lax': 'Lax', 'strict': 'Strict', 'none': 'None'}
+# Stores on the network, which start-up checks (check_store).
+NETWORK_TYPES = ('ext:redis', 'ext:rediscluster', 'ext:memcached',
+                 'ext:database', 'ext:sqla')
+PROBE_SESSION_ID = '0' * 32
+PROBE_TIMEOUT = 5
 SERVER_SIDE_TYPES = ('memory', 'file', 'dbm', 'ext:redis', 'ext:rediscluster',
                      'ext:memcached', 'ext:database', 'ext:sqla')
 # Options that shape the session and its cookie; everything else is handed
@@ -63,16 +74,19 @@ class SessionConfiguration:
     def __init__(self, settings, source='zope.conf', var_dir=None):
         self.source = source
         self.options = options = parse(settings)
+        # The options the settings name; the others are defaults.
+        self.given = frozenset(filter(None, map(option_name, settings)))
         self.type = options['type']
         self.timeout = options['timeout'] or None
         self.write_granularity = options['write_granularity']
         if self.type == 'cookie':
-            raise ConfigurationError(
-                'session.type: the client-side "cookie" store is not '
-                'supported yet; choose a server-side store.')
+            # The client-side store: no session.secret, no server store.
+            self.cookie = self._make_session_cookie()
+            self.store = self.cookie.store
+            return
         if self.type not in SERVER_SIDE_TYPES:
             raise ConfigurationError(
-                'session.type: unknown store %r; choose one of %s.'
+                'session.type: unknown store %r; choose one of %s or cookie.'
                 % (self.type, ', '.join(SERVER_SIDE_TYPES)))
         check_secret(options.get('secret'))
         if options.get('data_serializer') not in ('pickle', 'json'):
@@ -81,8 +95,20 @@ class SessionConfiguration:
                 % options.get('data_serializer'))
         self._default_directories(var_dir)
         self.cookie = SessionCookie(
+            secret=options['secret'], **self._cookie_params())
+        self.store = self._make_store()
+
+    def store_for(self, request):
+        """The store of ``request``'s sessions: the cookie store is the
+        cookie each request carries."""
+        if self.type == 'cookie':
+            return self.store.bind(request)
+        return self.store
+
+    def _cookie_params(self):
+        options = self.options
+        return dict(
             name=options['key'],
-            secret=options['secret'],
             path=options.get('path') or options['cookie_path'],
             domain=options.get('domain') or options['cookie_domain'],
             secure=options['secure'],
@@ -90,7 +116,32 @@ class SessionConfiguration:
             samesite=options['samesite'],
             expires=options['cookie_expires'],
         )
-        self.store = self._make_store()
+
+    def _make_session_cookie(self):
+        """The cookie of ``session.type cookie``, which holds the session:
+        signed, encrypted, JSON only."""
+        options = self.options
+        for name in ('validate_key', 'encrypt_key'):
+            check_secret(options.get(name), name)
+        if 'data_serializer' not in self.given:
+            options['data_serializer'] = 'json'
+        elif options['data_serializer'] != 'json':
+            raise ConfigurationError(
+                'session.data_serializer: the cookie store takes only '
+                '"json": the browser sends the cookie back, and a pickle '
+                'from it could run any code should the keys ever leak.')
+        crypto_module = aes_module(options, 'the cookie store')
+        nonce_bits = options.get('encrypt_nonce_bits') or DEFAULT_NONCE_BITS
+        if nonce_bits % 8:
+            raise ConfigurationError(
+                'session.encrypt_nonce_bits: must be a multiple of 8, not %d.'
+                % nonce_bits)
+        return SessionRecordCookie(
+            validate_key=options['validate_key'],
+            encrypt_key=options['encrypt_key'],
+            crypto_module=crypto_module,
+            nonce_bits=nonce_bits,
+            **self._cookie_params())
 
     def _default_directories(self, var_dir):
         options = self.options
@@ -107,15 +158,20 @@ class SessionConfiguration:
 
     def _make_store(self):
         options = self.options
-        namespace_args = {name: value for name, value in options.items()
-                          if name not in SESSION_OPTIONS}
-        try:
-            namespace_class = clsmap[self.type]
-        except Exception as exc:
-            raise ConfigurationError(
-                'session.type: the %s store cannot be used: %s'
-                % (self.type, exc))
-        return BeakerStore(
+        namespace_class, namespace_args = namespace_for(
+            self.type, {name: value for name, value in options.items()
+                        if name not in SESSION_OPTIONS})
+        if options.get('encrypt_key'):
+            # Beaker derives the records' key from both keys, and without
+            # an AES module it would silently not encrypt at all.
+            for name in ('encrypt_key', 'validate_key'):
+                check_secret(options.get(name), name)
+            aes_module(options, 'session.encrypt_key')
+        store_class = BeakerStore
+        if self.type == 'ext:redis':
+            # Beaker's records, one round trip per read or write.
+            from .redisstore import RedisStore as store_class
+        return store_class(
             namespace_class,
             namespace_args,
             data_dir=options.get('data_dir'),
@@ -123,30 +179,44 @@ class SessionConfiguration:
             timeout=self.timeout,
             encrypt_key=options.get('encrypt_key'),
             validate_key=options.get('validate_key'),
+            crypto_type=options.get('crypto_type') or 'default',
             name=self.store_name(),
         )
 
     def store_name(self):
-        """How messages name the store: its type and where it is."""
-        options = self.options
-        where = mask_url(options.get('url')) or options.get('data_dir')
-        return '%s session store%s' % (
-            self.type, ' at %s' % where if where else '')
+        """How messages name the store: its type, where it is and the
+        option that says so."""
+        for option in ('url', 'urls', 'data_dir'):
+            where = self.options.get(option)
+            if where:
+                return '%s session store at %s (session.%s)' % (
+                    self.type, mask_url(where), option)
+        return '%s session store' % self.type
 
     def describe(self):
         """The effective options, with secrets masked, for display."""
-        shown = {}
-        for name, value in sorted(self.options.items()):
-            if name in ('secret', 'encrypt_key', 'validate_key') and value:
-                value = '*' * 8
-            elif name == 'url':
-                value = mask_url(value)
-            shown['session.' + name] = value
-        return shown
+        return {'session.' + name: mask_option(name, value)
+                for name, value in sorted(self.options.items())}
+
+    def source_of(self, name):
+        """Where option ``name`` (no prefix) came from: ``source`` or
+        'default'."""
+        return self.source if name in self.given else 'default'
+
+
+def mask_option(name, value):
+    """``value`` fit for display: secrets and URL credentials hidden."""
+    if name in SECRET_OPTIONS and value:
+        return '*' * 8
+    if name == 'url':
+        return mask_url(value)
+    return value
 
 
 def mask_url(url):
-    """Hide the credentials in a store URL."""
+    """Hide the credentials in a store URL (or a comma-separated list)."""
+    if isinstance(url, str) and ',' in url:
+        return ','.join(map(mask_url, url.split(',')))
     if isinstance(url, str) and '@' in url:
         scheme, _, rest = url.partition('://')
         return '%s://***@%s' % (scheme, rest.rpartition('@')[2])
@@ -157,13 +227,21 @@ def parse(settings):
     """Strip the prefixes, apply the defaults, coerce every value."""
     options = dict(DEFAULTS)
     for name, value in settings.items():
-        for prefix in PREFIXES:
-            if name.startswith(prefix):
-                options[name[len(prefix):]] = value
-                break
+        name = option_name(name)
+        if name:
+            options[name] = value
     for name in list(options):
         options[name] = coerce_option(name, options[name])
     return options
+
+
+def option_name(setting):
+    """The option a setting names without its prefix; None for a setting
+    that is no session option."""
+    for prefix in PREFIXES:
+        if setting.startswith(prefix):
+            return setting[len(prefix):]
+    return None
 
 
 def coerce_option(name, value):
@@ -189,20 +267,35 @@ def coerce_option(name, value):
             'session.%s: invalid value %r (%s)' % (name, value, exc))
 
 
-def check_secret(secret):
+def aes_module(options, user):
+    """Beaker's crypto module of ``session.crypto_type``, if it has AES."""
+    try:
+        crypto_module = get_crypto_module(
+            options.get('crypto_type') or 'default')
+    except Exception as exc:
+        raise ConfigurationError('session.crypto_type: %s' % exc)
+    if not crypto_module.has_aes:
+        raise ConfigurationError(
+            'session.crypto_type: %s encrypts with AES; install '
+            'cryptography or pycryptodome, e.g. pip install '
+            '"Products.BeakerSessionDataManager[crypto]".' % user)
+    return crypto_module
+
+
+def check_secret(secret, option='secret'):
     """A signed session id is only as good as the secret signing it."""
     if not secret:
         raise ConfigurationError(
-            'session.secret: required; set it to a random string of at '
+            'session.%s: required; set it to a random string of at '
             'least %d characters, the same for every Zope instance that '
-            'shares the session store.' % MIN_SECRET_LENGTH)
+            'shares the session store.' % (option, MIN_SECRET_LENGTH))
     if len(secret) < MIN_SECRET_LENGTH or \
             secret.lower() in PLACEHOLDER_SECRETS or len(set(secret)) < 8:
         raise ConfigurationError(
-            'session.secret: too weak (%d characters); use a random string '
+            'session.%s: too weak (%d characters); use a random string '
             'of at least %d characters, e.g. the output of: python3 -c '
             '"import secrets; print(secrets.token_urlsafe(36))"'
-            % (len(secret), MIN_SECRET_LENGTH))
+            % (option, len(secret), MIN_SECRET_LENGTH))
 
 
 def configure(settings, source='test', var_dir=None):
@@ -224,7 +317,44 @@ def configure_from_zope_conf():
     if settings is None:
         return None
     var_dir = getattr(zope_config, 'clienthome', None)
-    return configure(settings, source='zope.conf', var_dir=var_dir)
+    configuration = configure(settings, source='zope.conf', var_dir=var_dir)
+    check_store(configuration)
+    return configuration
+
+
+def check_store(configuration, timeout=PROBE_TIMEOUT):
+    """Read a made-up session from a store on the network, once.
+
+    A store that does not answer is worth a warning at start-up, not a
+    Zope that does not start: pages without sessions keep working, and
+    the others get 503 until the store answers.  Returns the problem, or
+    None.
+    """
+    if configuration.type not in NETWORK_TYPES:
+        return None
+    outcome = []
+
+    def probe():
+        try:
+            configuration.store.load(PROBE_SESSION_ID)
+        except Exception as exc:
+            outcome.append(describe(exc))
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=probe, name='beaker-store-probe',
+                              daemon=True)
+    thread.start()
+    thread.join(timeout)
+    problem = outcome[0] if outcome else 'no answer within %s seconds' % (
+        timeout)
+    if problem:
+        logger.warning(
+            'The %s cannot be reached (%s). Zope starts anyway; requests '
+            'that need a session get "503 Service Unavailable" until it '
+            'answers. Check the store and the option.',
+            configuration.store.name, problem)
+    return problem
 
 
 def reset():

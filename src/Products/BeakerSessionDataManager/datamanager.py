@@ -6,7 +6,6 @@ latest stored record under the store's lock, so a store that cannot be
 written makes the whole transaction fail instead of committing the ZODB
 without the session.
 """
-import logging
 import time
 
 import transaction
@@ -16,9 +15,9 @@ from ZODB.POSException import ConflictError
 from zope.interface import implementer
 
 from .interfaces import SessionStoreError
-
-
-logger = logging.getLogger('Products.BeakerSessionDataManager')
+from .interfaces import SessionValueError
+from .outages import describe
+from .outages import outage_log
 
 
 @implementer(IDataManager)
@@ -46,6 +45,10 @@ class SessionWriter:
         return '~beaker-session:%s' % self.session.getContainerKey()
 
     def abort(self, txn):
+        if self._transaction is None:
+            # Already committed: a transaction with after-commit hooks
+            # aborts every resource after running them.
+            return
         self.session._rollback()
         self._transaction = None
 
@@ -65,14 +68,14 @@ class SessionWriter:
             self._written = self.store.merge(
                 session.getContainerKey(),
                 lambda record: session._apply_to(record, now))
-        except ConflictError:
+        except (ConflictError, SessionValueError):
             raise
         except Exception as exc:
-            logger.error('Could not write session to the %s: %s',
-                         self.store.name, exc)
+            outage_log.failed(self.store.name, 'write to', exc)
             raise SessionStoreError(
                 'The session could not be saved to the %s: %s'
-                % (self.store.name, exc)) from exc
+                % (self.store.name, describe(exc))) from exc
+        outage_log.succeeded(self.store.name)
         self._written = self._written or {}
 
     def tpc_finish(self, txn):

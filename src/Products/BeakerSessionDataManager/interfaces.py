@@ -25,6 +25,29 @@ class SessionStoreError(SessionDataManagerErr, HTTPServiceUnavailable):
 
     o Published as ``503 Service Unavailable``: the outage is temporary,
       and nothing was half-written.
+
+    o Visitors get a short page that does not show the store's address
+      (the message, with it, goes to the log).
+    """
+
+    body = ('<!DOCTYPE html>\n<html><head><title>Service Unavailable'
+            '</title></head><body><h1>Service Unavailable</h1>\n<p>The '
+            'session store is unavailable at the moment. Please try again '
+            'in a little while.</p></body></html>\n')
+
+
+class SessionValueError(SessionDataManagerErr):
+    """The session cannot be stored as it is: a bug to fix, not an outage.
+
+    o Raised when the transaction commits, so the request fails (HTTP
+      500) instead of losing the write; nothing is written.
+    """
+
+
+class SessionTooLargeError(SessionValueError):
+    """The session does not fit in its cookie (``session.type cookie``).
+
+    o Nothing is sent: the browser keeps its previous session cookie.
     """
 
 
@@ -48,11 +71,18 @@ class IBeakerSessionDataManager(IMutableSessionDataManager):
 
         o Call it when a visitor's privileges change (login) so that a
           session id planted before the login is useless afterwards.
+          With Products.PluggableAuthService installed (Plone), it is
+          called on its ``IUserLoggedInEvent``.
 
         o The record under the old id is deleted when the transaction
-          commits; a new cookie is sent.
+          commits; a new cookie is sent.  If the transaction aborts,
+          the old id stays valid and nothing is written.
 
-        o Returns the new browser id, or None if there is no session.
+        o A browser id without session data gets a new id too; a session
+          started in this request keeps its id (nobody else knows it).
+
+        o Returns the new browser id, or None if the browser has no
+          session (none is created).
 
         o Permission required: Access session data
         """

@@ -124,7 +124,11 @@ class BeakerSessionData(Implicit):
                     or self._invalid or self._mutated_keys())
 
     def _needs_write(self, now):
-        return (self._is_new or self._touched or self._has_changes()
+        """Whether the commit writes; values changed in place count once
+        ``_collect_mutations`` made them changed keys (each check pickles
+        every mutable value read)."""
+        return (self._is_new or self._touched or self._changed
+                or self._deleted or self._cleared or self._invalid
                 or now - self._last_accessed > self._write_granularity)
 
     def _apply_to(self, record, now):

@@ -3,20 +3,27 @@
 (The module keeps the name it had in 2.x so that managers already stored in
 a ZODB load as instances of this class.)
 """
+import html
 import logging
 import time
 
 from AccessControl.class_init import InitializeClass
 from AccessControl.Permissions import access_contents_information
+from AccessControl.Permissions import delete_objects
 from AccessControl.Permissions import view_management_screens
+from AccessControl.requestmethod import requestmethod
 from AccessControl.SecurityInfo import ClassSecurityInfo
+from AccessControl.SecurityManagement import getSecurityManager
 from Acquisition import aq_inner
 from Acquisition import aq_parent
+from OFS.ObjectManager import checkValidId
 from OFS.SimpleItem import SimpleItem
 from Products.PageTemplates.PageTemplateFile import PageTemplateFile
 from Products.Sessions.SessionDataManager import SessionDataManagerTraverser
+from zExceptions import BadRequest
 from zope.globalrequest import getRequest
 from zope.interface import implementer
+from ZPublisher.BeforeTraverse import queryBeforeTraverse
 from ZPublisher.BeforeTraverse import registerBeforeTraverse
 from ZPublisher.BeforeTraverse import unregisterBeforeTraverse
 
@@ -27,12 +34,15 @@ from .datamanager import SessionWriter
 from .interfaces import IBeakerSessionDataManager
 from .interfaces import SessionDataManagerErr
 from .interfaces import SessionStoreError
+from .outages import describe
+from .outages import outage_log
 from .permissions import access_session_data
 from .permissions import access_user_session_data
 from .permissions import change_session_data_managers
 from .session import WRITE_GRANULARITY
 from .session import BeakerSessionData
 from .store import MiddlewareStore
+from .zmi import SessionDataManagerZMI
 
 
 logger = logging.getLogger('Products.BeakerSessionDataManager')
@@ -55,7 +65,7 @@ class RequestSessions:
 
 
 @implementer(IBeakerSessionDataManager)
-class BeakerSessionDataManager(SimpleItem):
+class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
     """Session data manager keeping session data in a Beaker store."""
 
     meta_type = 'Beaker Session Data Manager'
@@ -63,9 +73,8 @@ class BeakerSessionDataManager(SimpleItem):
     title = ''
     _requestSessionName = 'SESSION'
 
-    manage_options = (
-        {'label': 'Settings', 'action': 'manage_main'},
-    ) + SimpleItem.manage_options[1:]
+    manage_options = (SessionDataManagerZMI.manage_options
+                      + SimpleItem.manage_options[1:])
 
     security = ClassSecurityInfo()
     security.declareObjectPublic()
@@ -137,48 +146,28 @@ class BeakerSessionDataManager(SimpleItem):
     @security.protected(access_session_data)
     def regenerateSessionId(self):
         """See IBeakerSessionDataManager."""
-        session = self.getSessionData(create=0)
+        # Browser ids without data too: a planted one would otherwise
+        # still be shared once the first data is stored.
+        session = self._browser_session(create=0)
         if session is None:
             return None
+        if session._is_new:
+            # Made in this request: nobody else can know the id.
+            return session.getContainerKey()
+        middleware = self._middleware_store(self._request())
+        if middleware is not None:
+            # The middleware owns the id and the cookie: Beaker renames the
+            # session, which is then saved under its new id.
+            session._id = middleware.regenerate_id()
+            session._touched = True
+            session._register()
+            return session._id
         data = dict(session._data)
         session.invalidate()
-        fresh = self.getSessionData(create=1)
+        fresh = self._browser_session(create=1, id_only=session._id_only)
+        fresh._created = session._created
         fresh.update(data)
         return fresh.getContainerKey()
-
-    #
-    #   Settings
-    #
-
-    @security.protected(view_management_screens)
-    def getRequestName(self):
-        """The request key under which the session is published."""
-        return self._requestSessionName or ''
-
-    @security.protected(view_management_screens)
-    def getConfigurationSummary(self):
-        """The effective Beaker options as (name, value) pairs, secrets
-        masked (ZMI)."""
-        if not config.is_configured():
-            return []
-        return sorted(config.get_configuration().describe().items())
-
-    @security.protected(change_session_data_managers)
-    def manage_changeBeakerSDM(self, title='', requestName='', REQUEST=None):
-        """Change the title and the request name."""
-        self.title = str(title or '')
-        requestName = (requestName or '').strip()
-        if requestName != self._requestSessionName:
-            self.updateTraversalData(requestName or None)
-        if REQUEST is not None:
-            return self.manage_main(
-                self, REQUEST, manage_tabs_message='Changes saved.')
-
-    manage_main = PageTemplateFile(
-        'www/manageBeakerSessionDataManager.pt', globals(),
-        __name__='manage_main')
-    security.declareProtected(view_management_screens,  # NOQA: D001
-                              'manage_main')
 
     #
     #   Traversal hook: request.SESSION
@@ -270,15 +259,15 @@ class BeakerSessionDataManager(SimpleItem):
             return self._session(session_id, dict(found),
                                  MiddlewareStore(found))
         configuration = self._configuration()
-        store = configuration.store
+        store = configuration.store_for(request)
         try:
             record = store.load(session_id)
         except Exception as exc:
-            logger.error('Could not read session from the %s: %s',
-                         store.name, exc)
+            outage_log.failed(store.name, 'read from', exc)
             raise SessionStoreError(
                 'The session store (%s) cannot be read: %s'
-                % (store.name, exc)) from exc
+                % (store.name, describe(exc))) from exc
+        outage_log.succeeded(store.name)
         if record is None or self._expired(record, configuration):
             return None
         return self._session(session_id, record, store)
@@ -298,7 +287,9 @@ class BeakerSessionDataManager(SimpleItem):
             timeout = configuration.timeout
         session = BeakerSessionData(session_id, record, granularity)
         SessionWriter(session, store, timeout=timeout)
-        if record is None:
+        if record is None or session._needs_write(time.time()):
+            # New, or last accessed before the write granularity: the
+            # commit records this access.
             session._register()
         return session
 
@@ -310,16 +301,70 @@ class BeakerSessionDataManager(SimpleItem):
         configuration = self._configuration()
         session_id = configuration.cookie.new_id()
         configuration.cookie.send(request.response, session_id)
-        return self._session(session_id, None, configuration.store)
+        return self._session(
+            session_id, None, configuration.store_for(request))
 
 
 InitializeClass(BeakerSessionDataManager)
 
 
-def addBeakerSessionDataManager(dispatcher, id, title='', REQUEST=None):
-    """Add a Beaker session data manager to the dispatcher's container."""
-    manager = BeakerSessionDataManager(id, title=title)
-    dispatcher._setObject(id, manager)
+def remove_stale_hooks(container):
+    """Unregister the session traversal hooks of managers that are gone.
+
+    A hook outlives its manager when the manager went without its
+    ``manage_beforeDelete``, as when its product was uninstalled: the hook
+    is then a broken object that fails on every request.
+    """
+    for name in HOOK_NAMES:
+        for _, hook in queryBeforeTraverse(container, name):
+            manager_id = getattr(hook, '_sessionDataManager', None)
+            if not callable(hook) or not isinstance(manager_id, str) \
+                    or manager_id not in container.objectIds():
+                unregisterBeforeTraverse(container, name)
+                logger.info('Removed the stale %s traversal hook of %r '
+                            'from %s', name, manager_id,
+                            '/'.join(container.getPhysicalPath()) or '/')
+
+
+@requestmethod('POST')
+def addBeakerSessionDataManager(dispatcher, id, title='', replace=False,
+                                REQUEST=None):
+    """Add a Beaker session data manager to the dispatcher's container.
+
+    With ``replace``, the object that has ``id`` (the stock session data
+    manager, say) is deleted first.  Hooks left by managers that are gone
+    are removed either way.
+    """
+    container = dispatcher.Destination()
+    id = (id or '').strip()
+    try:
+        checkValidId(container, id, allow_dup=True)
+        # Subobjects only: hasObject() is true for methods too.
+        existing = id in container.objectIds()
+        if not existing:
+            checkValidId(container, id)  # As _setObject will.
+        elif not replace:
+            raise BadRequest(
+                'The id "%s" is already in use. Tick "Replace the existing '
+                'session_data_manager" to replace that object, or choose '
+                'another id.' % id)
+        elif REQUEST is not None and not getSecurityManager(
+                ).checkPermission(delete_objects, container):
+            # Through the web; Python code may delete it anyway.
+            raise BadRequest('Replacing "%s" needs the permission "%s" here.'
+                             % (id, delete_objects))
+    except BadRequest as exc:
+        if REQUEST is None:
+            raise
+        REQUEST.RESPONSE.setStatus(400)
+        # Zope's messages are HTML-escaped; the form escapes them itself.
+        message = html.unescape(exc.args[0] if exc.args else str(exc))
+        return addBeakerSessionDataManagerForm.__of__(dispatcher)(
+            error=message, id=id, title=title, replace=replace)
+    if existing:
+        container.manage_delObjects([id])
+    remove_stale_hooks(container)
+    container._setObject(id, BeakerSessionDataManager(id, title=title))
     if REQUEST is not None:
         REQUEST.RESPONSE.redirect(
             '%s/manage_workspace' % dispatcher.DestinationURL())

@@ -7,6 +7,7 @@ key ``session``: the session dict (user keys plus ``_creation_time`` and
 middleware and by this product can therefore share a store.
 """
 import os
+import time
 from contextlib import contextmanager
 
 from beaker import crypto
@@ -17,12 +18,17 @@ from beaker.container import FileNamespaceManager
 from beaker.crypto import DEFAULT_NONCE_BITS
 from beaker.crypto import get_crypto_module
 from beaker.crypto import get_nonce_size
+from beaker.ext.memcached import MemcachedNamespaceManager
+from beaker.ext.sqla import SqlaNamespaceManager
+from beaker.synchronization import FileSynchronizer
 from beaker.util import JsonSerializer
 from beaker.util import PickleSerializer
 
+import transaction
 from zope.interface import implementer
 
 from .interfaces import ISessionStore
+from .interfaces import SessionValueError
 
 
 RECORD_KEY = 'session'
@@ -31,6 +37,21 @@ FILE_LOCKED = (FileNamespaceManager, DBMNamespaceManager)
 # Let a store keep an expired record a little longer than the timeout so
 # that a request straddling the deadline still finds it, as Beaker does.
 TTL_MARGIN = 120
+# memcached reads an expiry above 30 days as a Unix timestamp.
+MEMCACHED_MAX_RELATIVE_EXPIRY = 30 * 24 * 3600
+# Stores that keep each session in a file or row of its own, which
+# ``remove_if`` can remove (Beaker never removes them).
+REMOVABLE = FILE_LOCKED + (SqlaNamespaceManager,)
+
+
+class Unreadable:
+    """What ``remove_if`` passes for a record that cannot be decoded."""
+
+    def __repr__(self):
+        return 'UNREADABLE'
+
+
+UNREADABLE = Unreadable()
 
 
 @implementer(ISessionStore)
@@ -44,6 +65,7 @@ class BeakerStore:
         self.namespace_class = namespace_class
         self.namespace_args = dict(namespace_args)
         self.data_dir = data_dir
+        self.timeout = timeout
         self.ttl = timeout + TTL_MARGIN if timeout else None
         if self.ttl:
             # Redis reads its key expiry from here, as with Beaker sessions.
@@ -74,7 +96,16 @@ class BeakerStore:
             self.crypto_module.getKeyLength())
 
     def encode(self, record):
-        data = self.serializer.dumps(record)
+        try:
+            data = self.serializer.dumps(record)
+        except Exception as exc:
+            # A value the serializer cannot take is a bug to fix, not a
+            # store outage (503).
+            raise SessionValueError(
+                'The session cannot be stored: a value cannot be %s: %s: %s'
+                % ('encoded as JSON' if isinstance(
+                    self.serializer, JsonSerializer) else 'pickled',
+                   type(exc).__name__, exc)) from exc
         if not self.encrypt_key:
             return b64encode(data)
         nonce = b64encode(os.urandom(self.nonce_length))[
@@ -100,33 +131,145 @@ class BeakerStore:
             raw = self._read(namespace)
         finally:
             namespace.release_read_lock()
-        return self._decoded(raw)
+        return self._live(self._decoded(raw))
 
     def merge(self, session_id, apply):
         """See ISessionStore."""
         namespace = self._namespace(session_id)
         with self._locked(namespace):
-            record = apply(self._decoded(self._read(namespace)))
+            # An expired record is no session: the merge starts afresh
+            # instead of bringing its data back.
+            record = apply(self._live(self._decoded(self._read(namespace))))
             if record is None:
                 if RECORD_KEY in namespace:
                     del namespace[RECORD_KEY]
             else:
-                namespace.set_value(
-                    RECORD_KEY, self.encode(record), expiretime=self.ttl)
+                self._write(namespace, self.encode(record))
         return record
 
     def delete(self, session_id):
         """See ISessionStore."""
         self.merge(session_id, lambda record: None)
 
+    # -- removing sessions (beaker-sessions cleanup) --
+
+    @property
+    def removable(self):
+        """Whether ``remove_if`` works here: file, dbm and SQL stores."""
+        return issubclass(self.namespace_class, REMOVABLE)
+
+    def remove_if(self, session_id, condition):
+        """Remove the file or row of ``session_id`` if ``condition(record,
+        written)`` is true.
+
+        The record is read under the lock ``merge`` takes, so a concurrent
+        writer either comes first and ``condition`` sees its write, or waits
+        and then writes afresh.  ``record`` is the decoded dict, None if
+        the namespace holds no record, or UNREADABLE; ``written`` is when
+        the file or row was last written (seconds since the epoch).  Unlike
+        ``merge`` this writes nothing when the condition is false, and
+        leaves no empty file or row behind.  Returns whether it removed
+        something.
+        """
+        namespace = self._namespace(session_id)
+        if isinstance(namespace, FILE_LOCKED):
+            return self._remove_file_if(namespace, condition)
+        if isinstance(namespace, SqlaNamespaceManager):
+            return self._remove_row_if(namespace, condition)
+        raise TypeError('%s keeps no file or row per session' % self.name)
+
+    def _remove_file_if(self, namespace, condition):
+        lock = namespace.access_lock
+        lock.acquire_write_lock()
+        try:
+            if isinstance(namespace, DBMNamespaceManager):
+                paths = namespace.get_filenames()
+            else:
+                paths = [namespace.file] if os.path.exists(
+                    namespace.file) else []
+            if not paths:
+                return False
+            written = max(map(os.path.getmtime, paths))
+            try:
+                namespace.open('r', checkcount=True)
+            except Exception:
+                # Beaker cannot even unpickle the file.
+                record, foreign = UNREADABLE, False
+            else:
+                try:
+                    record = self._examine(namespace)
+                    foreign = any(key not in (RECORD_KEY, b'session')
+                                  for key in namespace.keys())
+                finally:
+                    namespace.close(checkcount=True)
+            if foreign or not condition(record, written):
+                return False
+            namespace.do_remove()
+            if isinstance(namespace, DBMNamespaceManager):
+                try:
+                    # dbm.dumb's backup file, which do_remove does not know.
+                    os.remove(namespace.file + '.bak')
+                except OSError:
+                    pass
+            forget_lock_file(lock)
+            return True
+        finally:
+            lock.release_write_lock()
+
+    def _remove_row_if(self, namespace, condition):
+        with self._locked(namespace):
+            written = row_written(namespace)
+            if written is None:
+                return False
+            if set(namespace.keys()) - {RECORD_KEY}:
+                return False
+            if not condition(self._examine(namespace), written):
+                return False
+            # The namespace deletes the row it leaves empty; setting the
+            # key first marks a row that was empty already as changed.
+            namespace[RECORD_KEY] = None
+            del namespace[RECORD_KEY]
+            return True
+
+    def _examine(self, namespace):
+        try:
+            raw = namespace[RECORD_KEY]
+        except KeyError:
+            return None
+        except Exception:
+            return UNREADABLE
+        return self._examined(raw) if raw else None
+
+    def _examined(self, raw):
+        try:
+            record = self.decode(raw)
+        except Exception:
+            return UNREADABLE
+        return record if isinstance(record, dict) else UNREADABLE
+
     # -- helpers --
 
     @staticmethod
     def _read(namespace):
         try:
-            return namespace[RECORD_KEY]
+            raw = namespace[RECORD_KEY]
         except (KeyError, TypeError):
             return None
+        if raw is None and isinstance(namespace, MemcachedNamespaceManager):
+            check_memcached(namespace)
+        return raw
+
+    def _write(self, namespace, raw):
+        if not isinstance(namespace, MemcachedNamespaceManager):
+            namespace.set_value(RECORD_KEY, raw, expiretime=self.ttl)
+        # Beaker ignores memcached's answer, and python-memcached answers
+        # a write it could not make (server down, value over the item size
+        # limit) with a false value, not an exception.
+        elif not namespace.mc.set(namespace._format_key(RECORD_KEY), raw,
+                                  time=memcached_expiry(self.ttl)):
+            raise ConnectionError(
+                'memcached did not store the session: its server is down, '
+                'or the session is larger than the item size limit')
 
     def _decoded(self, raw):
         if not raw:
@@ -138,6 +281,14 @@ class BeakerStore:
             # invalidate_corrupt, always on.
             return None
         return record if isinstance(record, dict) else None
+
+    def _live(self, record):
+        """``record``, or None if it expired (``session.timeout``)."""
+        accessed = (record or {}).get('_accessed_time')
+        if self.timeout and accessed is not None \
+                and time.time() - accessed > self.timeout:
+            return None
+        return record
 
     @contextmanager
     def _locked(self, namespace):
@@ -158,6 +309,56 @@ class BeakerStore:
                 namespace.release_write_lock()
         finally:
             lock.release()
+
+
+def check_memcached(namespace):
+    """A read that found nothing: make sure a server was asked.
+
+    python-memcached answers a read from a server it cannot reach with
+    None, as for a missing key, and then leaves the server alone for 30
+    seconds: the session would silently read as missing (and a new one
+    would replace it).  Its private ``_get_server`` says whether a server
+    is there for the key; other client libraries are not checked.
+    """
+    client = namespace.mc
+    if hasattr(client, '_get_server') and client._get_server(
+            client._encode_key(namespace._format_key(RECORD_KEY)))[0] is None:
+        raise ConnectionError(
+            'no memcached server answers (python-memcached tries a server '
+            'that failed again after 30 seconds)')
+
+
+def memcached_expiry(seconds):
+    """The ``time`` argument memcached reads as ``seconds`` from now."""
+    if not seconds:
+        return 0
+    if seconds > MEMCACHED_MAX_RELATIVE_EXPIRY:
+        return int(time.time() + seconds)
+    return int(seconds)
+
+
+def row_written(namespace):
+    """When the row of an SQL namespace was last written, or None.
+
+    Read on a connection of its own: the merge lock held meanwhile blocks
+    writers, not readers.
+    """
+    import sqlalchemy as sa
+    table = namespace.table
+    with namespace.bind.connect() as connection:
+        accessed = connection.execute(sa.select(table.c.accessed).where(
+            table.c.namespace == namespace.namespace)).scalar()
+    return None if accessed is None else accessed.timestamp()
+
+
+def forget_lock_file(lock):
+    """Remove the lock file of a removed session while holding it: a
+    process that opens it later makes a new one."""
+    if isinstance(lock, FileSynchronizer):
+        try:
+            os.remove(lock.filename)
+        except OSError:
+            pass
 
 
 @implementer(ISessionStore)
@@ -209,3 +410,26 @@ class MiddlewareStore:
     def delete(self, session_id):
         """See ISessionStore."""
         self.merge(session_id, lambda record: None)
+
+    def regenerate_id(self):
+        """Give the session a new id (Beaker's ``regenerate_id``) and
+        delete the old id's record once the transaction has committed:
+        Beaker itself leaves it readable."""
+        session = self._session
+        if not session.is_new:
+            transaction.get().addAfterCommitHook(
+                remove_record, (session.namespace,))
+        session.regenerate_id()
+        return session.id
+
+
+def remove_record(committed, namespace):
+    """After-commit hook: delete the record of a namespace."""
+    if not committed:
+        return
+    namespace.acquire_write_lock()
+    try:
+        if RECORD_KEY in namespace:
+            del namespace[RECORD_KEY]
+    finally:
+        namespace.release_write_lock()

@@ -156,6 +156,48 @@ STOCK_SESSIONS_FIXTURE = SessionDataManagerFixture(
 BEAKER_SESSIONS_FIXTURE = SessionDataManagerFixture(
     addBeakerSessionDataManager, name='BeakerSessionsFixture')
 
+
+class StoreFixture(Layer):
+    """``BEAKER_SESSIONS_FIXTURE`` with its sessions in another store.
+
+    ``make_settings()`` returns the ``<product-config beaker>`` settings of
+    the store and a function removing what it made.  It runs at set-up,
+    so that a store whose server is missing skips only its own tests.
+    The configuration in force before is restored on tear-down.
+    """
+
+    defaultBases = (BEAKER_SESSIONS_FIXTURE,)
+
+    def __init__(self, make_settings, **kw):
+        super().__init__(**kw)
+        self.make_settings = make_settings
+
+    def setUp(self):
+        from Products.BeakerSessionDataManager import config
+
+        settings, self.cleanup = self.make_settings()
+        self.previous = config._current
+        try:
+            self['beaker_configuration'] = config.configure(settings)
+        except Exception:
+            self.cleanup()
+            raise
+
+    def tearDown(self):
+        from Products.BeakerSessionDataManager import config
+
+        config._current = self.previous
+        del self['beaker_configuration']
+        self.cleanup()
+
+
+def store_functional_testing(name, make_settings):
+    """A functional testing layer with our manager on store ``name``."""
+    return zope.FunctionalTesting(
+        bases=(StoreFixture(make_settings, name='%sStoreFixture' % name),),
+        name='BeakerSessions:%s:Functional' % name)
+
+
 STOCK_SESSIONS_FUNCTIONAL_TESTING = zope.FunctionalTesting(
     bases=(STOCK_SESSIONS_FIXTURE,), name='StockSessions:Functional')
 BEAKER_SESSIONS_FUNCTIONAL_TESTING = zope.FunctionalTesting(

@@ -12,6 +12,7 @@ process) and runs ``runwsgi`` on a free loopback port::
         zope.start()
         requests.get(zope.url('count'))
 """
+import http.client
 import os
 import re
 import secrets
@@ -69,7 +70,7 @@ COUNTER_SCRIPT = python_script('count', '''\
     ''')
 
 
-def test_secret():
+def new_secret():
     return secrets.token_urlsafe(36)
 
 
@@ -193,6 +194,21 @@ class ZopeInstance:
 
     def url(self, path=''):
         return 'http://127.0.0.1:%s/%s' % (self.port, path.lstrip('/'))
+
+    def get(self, path, cookie=None, timeout=30):
+        """GET ``path`` sending the ``Cookie`` header ``cookie`` as is;
+        returns ``(status, set_cookie, body_text)``, errors included."""
+        connection = http.client.HTTPConnection(
+            '127.0.0.1', self.port, timeout=timeout)
+        try:
+            connection.request(
+                'GET', '/' + path.lstrip('/'),
+                headers={'Cookie': cookie} if cookie else {})
+            response = connection.getresponse()
+            body = response.read().decode('utf-8', 'replace')
+            return response.status, response.getheader('Set-Cookie'), body
+        finally:
+            connection.close()
 
     def log(self, name='runwsgi.log'):
         """The tail of a log file under var/ (event.log: Zope's)."""

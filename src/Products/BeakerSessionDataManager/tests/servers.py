@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
@@ -53,10 +54,14 @@ def require_binary(name):
     return path
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+def free_port(below=65536):
+    """A free loopback port under ``below``."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(('127.0.0.1', 0))
+            port = sock.getsockname()[1]
+        if port < below:
+            return port
 
 
 def listening(port, host='127.0.0.1'):
@@ -173,7 +178,8 @@ class RedisCluster:
         require_binary('redis-cli')
         self.nodes = []
         for _ in range(size):
-            port = free_port()
+            # A node's cluster bus listens on its port + 10000.
+            port = free_port(below=55536)
             self.nodes.append(RedisServer(
                 port, '--cluster-enabled', 'yes',
                 '--cluster-config-file', 'nodes-%s.conf' % port,
@@ -283,3 +289,91 @@ def postgresql_url():
 def unique_name(prefix='beaker_test'):
     """A table or schema name no other test run uses."""
     return '%s_%s' % (prefix, uuid.uuid4().hex[:12])
+
+
+class TcpProxy:
+    """Forwards a loopback port to a server we cannot stop ourselves (the
+    system's PostgreSQL): ``stop()`` cuts every connection and refuses new
+    ones, like a server that died; ``start()`` serves again on the same
+    port."""
+
+    def __init__(self, target_port, target_host='127.0.0.1', port=None):
+        self.target = (target_host, target_port)
+        self.port = port or free_port()
+        self.listener = None
+        self.sockets = set()
+        self.lock = threading.Lock()
+
+    def start(self):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(('127.0.0.1', self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,),
+                         daemon=True).start()
+        return self
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                if self.listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self.sockets.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink),
+                                 daemon=True).start()
+
+    def _pump(self, source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            self._close(sock)
+
+    def _close(self, sock):
+        with self.lock:
+            self.sockets.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def stop(self):
+        with self.lock:
+            listener, self.listener = self.listener, None
+            sockets = list(self.sockets)
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+            except OSError:
+                pass
+            listener.close()
+        for sock in sockets:
+            self._close(sock)
+
+    kill = stop
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()

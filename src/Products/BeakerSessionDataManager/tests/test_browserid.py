@@ -32,6 +32,8 @@ class SessionCookieTests(unittest.TestCase):
         self.assertIsNone(cookie.verify(value.upper()))
         self.assertIsNone(cookie.verify(None))
         self.assertIsNone(cookie.verify(value[:-1]))
+        # A non-ASCII signature with a well-formed id (once a TypeError).
+        self.assertIsNone(cookie.verify('\x82' + value[1:]))
 
     def test_defaults(self):
         header = self.header(SessionCookie('k', SECRET))

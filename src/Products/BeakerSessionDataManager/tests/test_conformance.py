@@ -18,6 +18,7 @@ from zope.interface import Interface
 from zope.publisher.interfaces.browser import IDefaultBrowserLayer
 
 from Products.BeakerSessionDataManager import testing
+from Products.BeakerSessionDataManager.tests import stores
 
 
 class AppendToSessionList(BrowserView):
@@ -544,10 +545,30 @@ class TestStockSessions(SessionScenarios, PublishingTestCase):
 
 
 class TestBeakerSessions(SessionScenarios, PublishingTestCase):
-    """The scenarios against this product's session data manager."""
+    """The scenarios against this product's session data manager (on the
+    file store, the default)."""
 
     layer = testing.BEAKER_SESSIONS_FUNCTIONAL_TESTING
     cookie_name = 'beaker.session.id'
+
+
+def on_store(name):
+    """TestBeakerSessions with the sessions in store ``name``."""
+    # Not a subclass of TestBeakerSessions: its layer's fixture would
+    # come along (zope.pytestlayer marks the class).
+    return type('TestBeakerSessionsOn_%s' % name,
+                (SessionScenarios, PublishingTestCase), {
+                    '__doc__': 'The scenarios against ours on the %s store.'
+                               % name,
+                    'layer': stores.LAYERS[name],
+                    'cookie_name': TestBeakerSessions.cookie_name,
+                })
+
+
+for _name in stores.STORES:
+    if _name != 'file':
+        globals()['TestBeakerSessionsOn_%s' % _name] = on_store(_name)
+del _name
 
 
 class TestDeliberateDifferences(PublishingTestCase):

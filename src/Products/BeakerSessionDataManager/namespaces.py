@@ -1,0 +1,364 @@
+"""Beaker namespace managers whose merge lock holds across Zope instances.
+
+Beaker locks memcached and SQL namespaces with a file lock on the local
+disk, which does nothing for a second Zope on another host, and creates
+the file of a new dbm namespace without a lock.  These subclasses keep
+Beaker's keys, files, tables and record format, so that Beaker's own
+sessions can still share the store, and replace the locking:
+
+- memcached: a lock key stored with ``add`` (which succeeds for one client
+  only) and an expiry, so that a crashed holder cannot block the session;
+- SQL: the read and the write of a merge happen in one database
+  transaction, under a transaction-level advisory lock on PostgreSQL,
+  ``BEGIN IMMEDIATE`` on SQLite and ``SELECT ... FOR UPDATE`` elsewhere;
+- dbm: the file of a new session is created under the session's lock.
+"""
+import importlib
+import random
+import time
+import uuid
+from datetime import datetime
+from hashlib import sha256
+
+from beaker.cache import clsmap
+from beaker.container import DBMNamespaceManager
+from beaker.ext.database import DatabaseNamespaceManager
+from beaker.ext.memcached import MemcachedNamespaceManager
+from beaker.ext.sqla import SqlaNamespaceManager
+from beaker.ext.sqla import make_cache_table
+from beaker.synchronization import null_synchronizer
+
+from .interfaces import ConfigurationError
+from .store import check_memcached
+
+
+# Seconds a merge waits for another writer of the same session.
+LOCK_WAIT = 10
+# Seconds after which memcached drops the lock of a holder that died.
+LOCK_EXPIRY = 30
+
+
+class LockTimeout(Exception):
+    """Another writer held the session's lock for too long."""
+
+
+class MemcachedLock:
+    """A lock shared by every client of one memcached pool.
+
+    ``add`` stores the key only if it is absent, for exactly one client.
+    The key expires after ``LOCK_EXPIRY`` seconds in case its holder dies.
+    """
+
+    def __init__(self, namespace, key):
+        self.namespace = namespace
+        self.key = key
+        self.token = None
+
+    def acquire(self, wait=True):
+        client = self.namespace.mc
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + LOCK_WAIT
+        while not client.add(self.key, token, time=LOCK_EXPIRY):
+            # python-memcached answers False, as for a lock held, when
+            # no server answers.
+            check_memcached(self.namespace)
+            if not wait:
+                return False
+            if time.monotonic() > deadline:
+                raise LockTimeout(
+                    'the session was locked by another writer for more '
+                    'than %s seconds (memcached key %s)'
+                    % (LOCK_WAIT, self.key))
+            time.sleep(random.uniform(0.002, 0.02))
+        self.token = token
+        return True
+
+    def release(self):
+        # memcached has no compare-and-delete; the lock is ours unless it
+        # expired, which a merge of milliseconds does not reach.
+        client = self.namespace.mc
+        if self.token is not None and client.get(self.key) == self.token:
+            client.delete(self.key)
+        self.token = None
+
+
+class MemcachedSessionNamespace(MemcachedNamespaceManager):
+    """Beaker's memcached namespace with a lock that holds across hosts
+    (Beaker's is a file lock, and needs ``lock_dir``)."""
+
+    def get_creation_lock(self, key):
+        return MemcachedLock(self, 'beaker_lock:' + self._format_key(key))
+
+
+class DBMSessionNamespace(DBMNamespaceManager):
+    """Beaker's dbm namespace, creating a session's file under its lock.
+
+    Beaker creates the file of a new namespace unlocked; two threads or
+    processes creating it at once break Python's ``dbm.dumb`` (the only dbm
+    module of some Python builds) with FileNotFoundError.
+    """
+
+    def _checkfile(self):
+        if self.file_exists(self.file):
+            return
+        self.access_lock.acquire_write_lock()
+        try:
+            super()._checkfile()
+        finally:
+            self.access_lock.release_write_lock()
+
+
+def advisory_lock_key(table, namespace):
+    """A signed 64-bit number for PostgreSQL's advisory locks."""
+    digest = sha256(('%s:%s' % (table.name, namespace)).encode()).digest()
+    return int.from_bytes(digest[:8], 'big', signed=True)
+
+
+def is_lock_timeout(error):
+    """PostgreSQL's lock_not_available, SQLite's busy timeout."""
+    return (getattr(error, 'pgcode', None) == '55P03'
+            or 'database is locked' in str(error))
+
+
+class TransactionalSqlNamespace:
+    """Merge in one database transaction, locked across hosts.
+
+    ``acquire_write_lock`` opens the transaction, takes the lock and reads
+    the row; ``release_write_lock`` writes what changed and commits.  The
+    ``accessed`` column is updated on every write, as Beaker does.
+    """
+
+    def get_creation_lock(self, key):
+        # The write lock is the lock.
+        return null_synchronizer()
+
+    def acquire_write_lock(self, wait=True, replace=False):
+        import sqlalchemy as sa
+        connection = self.bind.connect()
+        try:
+            self._transaction = connection.begin()
+            query = sa.select(self.table.c.data).where(
+                self.table.c.namespace == self.namespace)
+            dialect = connection.dialect.name
+            try:
+                if dialect == 'postgresql':
+                    connection.execute(
+                        sa.text("SELECT set_config('lock_timeout', :wait, "
+                                "true)"),
+                        {'wait': '%dms' % (LOCK_WAIT * 1000)})
+                    connection.execute(
+                        sa.text('SELECT pg_advisory_xact_lock(:key)'),
+                        {'key': advisory_lock_key(self.table,
+                                                  self.namespace)})
+                elif dialect == 'sqlite':
+                    connection.exec_driver_sql(
+                        'PRAGMA busy_timeout = %d' % (LOCK_WAIT * 1000))
+                    connection.exec_driver_sql('BEGIN IMMEDIATE')
+                else:
+                    query = query.with_for_update()
+            except sa.exc.OperationalError as exc:
+                if not is_lock_timeout(exc.orig):
+                    raise
+                raise LockTimeout(
+                    'the session was locked by another writer for too '
+                    'long: %s' % exc.orig) from exc
+            row = connection.execute(query).first()
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+        self.hash = dict(row.data) if row is not None else {}
+        self._is_new = row is None
+        self._changed = False
+        return True
+
+    def release_write_lock(self):
+        connection = self._connection
+        try:
+            if self._changed:
+                self._write(connection)
+            self._transaction.commit()
+        finally:
+            self._connection = self._transaction = None
+            connection.close()
+
+    def _write(self, connection):
+        table = self.table
+        mine = table.c.namespace == self.namespace
+        now = datetime.now()
+        if not self.hash:
+            connection.execute(table.delete().where(mine))
+            return
+        if not self._is_new and connection.execute(
+                table.update().where(mine),
+                {'data': self.hash, 'accessed': now}).rowcount:
+            return
+        # New, or removed since we read it (beaker-sessions cleanup).
+        connection.execute(table.insert(), {
+            'namespace': self.namespace, 'data': self.hash,
+            'accessed': now, 'created': now})
+
+    def __setitem__(self, key, value):
+        self.hash[key] = value
+        self._changed = True
+
+    def __delitem__(self, key):
+        del self.hash[key]
+        self._changed = True
+
+
+class DatabaseSessionNamespace(TransactionalSqlNamespace,
+                               DatabaseNamespaceManager):
+    """``ext:database``: Beaker's table (created if missing), locked
+    merges."""
+
+
+class SqlaSessionNamespace(TransactionalSqlNamespace, SqlaNamespaceManager):
+    """``ext:sqla`` from zope.conf: the engine and the table Beaker's
+    ``make_cache_table`` describes, made from ``url`` and ``table_name``
+    (created if missing), instead of SQLAlchemy objects."""
+
+    # Beaker reads it before setting it when neither lock_dir nor data_dir
+    # is given; the write lock needs no directory.
+    lock_dir = None
+
+    def __init__(self, namespace, url, table_name='beaker_cache',
+                 schema_name=None, sa_opts=None, **kw):
+        self._init_dependencies()
+        import sqlalchemy as sa
+        options = dict(sa_opts or {}, **{'sa.url': url})
+        engine = self.binds.get(
+            url, lambda: sa.engine_from_config(options, 'sa.'))
+
+        def make_table():
+            table = make_cache_table(sa.MetaData(), table_name, schema_name)
+            table.create(bind=engine, checkfirst=True)
+            return table
+
+        table = self.tables.get('%s:%s' % (engine.url, table_name),
+                                make_table)
+        super().__init__(namespace, engine, table, **kw)
+
+
+# What each store type needs: the module of its client library, the extra
+# that installs it, and the form of ``session.url``.
+CLIENTS = {
+    'ext:redis': ('redis', 'redis', 'redis://HOST:PORT/DB'),
+    'ext:rediscluster': (
+        'redis.cluster', 'redis', 'redis://HOST:PORT,redis://HOST:PORT,...'),
+    'ext:memcached': ('memcache', 'memcached', 'HOST:PORT[;HOST:PORT...]'),
+    'ext:database': ('sqlalchemy', 'sqlalchemy', 'an SQLAlchemy URL'),
+    'ext:sqla': ('sqlalchemy', 'sqlalchemy', 'an SQLAlchemy URL'),
+}
+NAMESPACE_CLASSES = {
+    'dbm': DBMSessionNamespace,
+    'ext:memcached': MemcachedSessionNamespace,
+    'ext:database': DatabaseSessionNamespace,
+    'ext:sqla': SqlaSessionNamespace,
+}
+# python-memcached: the client whose answers the memcached store checks.
+MEMCACHE_MODULE = 'memcache'
+SQL_ENGINE_DEFAULTS = {
+    # A database restart would otherwise fail one request per pooled
+    # connection.
+    'sa.pool_pre_ping': True,
+}
+
+
+def namespace_for(store_type, args):
+    """Check the store options in ``args`` (Beaker's namespace arguments);
+    return the namespace class and the arguments it takes."""
+    args = dict(args)
+    namespace_class = NAMESPACE_CLASSES.get(store_type)
+    if namespace_class is None:
+        try:
+            namespace_class = clsmap[store_type]
+        except Exception as exc:
+            raise ConfigurationError(
+                'session.type: the %s store cannot be used: %s'
+                % (store_type, exc))
+    if store_type not in CLIENTS:
+        return namespace_class, args
+    module, extra, url_form = CLIENTS[store_type]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigurationError(
+            'session.type: the %s store needs the %s module (%s): pip '
+            'install "Products.BeakerSessionDataManager[%s]"'
+            % (store_type, module, exc, extra))
+    if store_type == 'ext:rediscluster':
+        # Beaker calls it ``urls``; ``url`` as for every other store.
+        if args.get('url') and args.get('urls'):
+            raise ConfigurationError(
+                'session.urls: give the cluster nodes in session.url or in '
+                'session.urls, not in both.')
+        args['urls'] = args.pop('url', None) or args.get('urls')
+    url = args.get('urls' if store_type == 'ext:rediscluster' else 'url')
+    if not url:
+        raise ConfigurationError(
+            'session.url: required for session.type %s: %s.'
+            % (store_type, url_form))
+    CHECKS[extra](store_type, url, args)
+    return namespace_class, args
+
+
+def check_redis_url(store_type, url, args):
+    import redis
+    for one in url.split(','):
+        try:
+            parsed = redis.connection.parse_url(one.strip())
+        except ValueError as exc:
+            raise ConfigurationError(
+                'session.url: %s (the %s store takes %s).'
+                % (exc, store_type, CLIENTS[store_type][2]))
+        if store_type == 'ext:rediscluster' and parsed.get('db'):
+            raise ConfigurationError(
+                'session.url: a Redis Cluster has only database 0, not %s.'
+                % parsed['db'])
+
+
+def check_memcached_module(store_type, url, args):
+    module = args.setdefault('memcache_module', MEMCACHE_MODULE)
+    if module != MEMCACHE_MODULE:
+        raise ConfigurationError(
+            'session.memcache_module: only %r (python-memcached) is '
+            'supported: the store relies on how it reports dead servers.'
+            % MEMCACHE_MODULE)
+
+
+def check_sql_url(store_type, url, args):
+    import sqlalchemy as sa
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigurationError('session.url: %s.' % exc)
+    try:
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigurationError(
+            'session.url: the database driver of %s:// is missing (%s). '
+            'Install it, or name an installed one in the URL: for '
+            'PostgreSQL, pip install '
+            '"Products.BeakerSessionDataManager[postgresql]" installs '
+            'psycopg2, for postgresql+psycopg2://USER@HOST/DATABASE.'
+            % (parsed.drivername, exc))
+    except sa.exc.NoSuchModuleError as exc:
+        raise ConfigurationError('session.url: %s.' % exc)
+    if dialect.name == 'sqlite' and parsed.database in (None, '', ':memory:'):
+        raise ConfigurationError(
+            'session.url: an in-memory SQLite database is private to one '
+            'connection; give a file: sqlite:////ABSOLUTE/PATH/sessions.db')
+    sa_opts = dict(SQL_ENGINE_DEFAULTS)
+    for name in list(args):
+        if name.startswith('sa.'):
+            sa_opts[name] = args.pop(name)
+    args['sa_opts'] = sa_opts
+
+
+CHECKS = {
+    'redis': check_redis_url,
+    'memcached': check_memcached_module,
+    'sqlalchemy': check_sql_url,
+}

@@ -1,0 +1,74 @@
+"""Log a session store outage once per interval, not once per request.
+
+While a store is down every request that needs the session fails; a
+traceback or an error line for each of them would bury the log (and the
+disk) under copies of one message.  The first failure is logged as an
+error; later ones within ``INTERVAL`` seconds are only counted, and the
+count goes into the next error line.  When the store answers again, one
+line says so.
+"""
+import logging
+import threading
+import time
+
+
+logger = logging.getLogger('Products.BeakerSessionDataManager')
+
+INTERVAL = 60
+
+
+class OutageLog:
+    """Per store: when the next error may be logged, failures not logged."""
+
+    def __init__(self, interval=INTERVAL, clock=time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._next_report = {}
+        self._unreported = {}
+        self._down = set()
+
+    def failed(self, store_name, action, exc):
+        """The store ``store_name`` could not ``action`` (read, write)."""
+        now = self.clock()
+        with self._lock:
+            self._down.add(store_name)
+            if now < self._next_report.get(store_name, now):
+                self._unreported[store_name] += 1
+                return
+            unreported = self._unreported.get(store_name, 0)
+            self._next_report[store_name] = now + self.interval
+            self._unreported[store_name] = 0
+        logger.error(
+            'Session store unavailable: could not %s the %s: %s%s',
+            action, store_name, describe(exc),
+            ' (and %d more failures since the last message; the next '
+            'message comes in %d seconds at the earliest)'
+            % (unreported, self.interval) if unreported else
+            ' (further failures are counted, not logged, for %d seconds)'
+            % self.interval)
+
+    def succeeded(self, store_name):
+        """The store answered: say so once if it was down."""
+        if store_name not in self._down:
+            return  # The common case, without taking the lock.
+        with self._lock:
+            if store_name not in self._down:
+                return
+            self._down.discard(store_name)
+            unreported = self._unreported.get(store_name, 0)
+            self._unreported[store_name] = 0
+        logger.info('The %s answers again%s.', store_name,
+                    ' (%d failures since the last message)' % unreported
+                    if unreported else '')
+
+
+def describe(exc, limit=300):
+    """The exception's type and the first line of its message: SQL
+    drivers append the statement and its parameters (session data)."""
+    lines = str(exc).strip().splitlines()
+    text = '%s: %s' % (type(exc).__name__, lines[0] if lines else '')
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+outage_log = OutageLog()

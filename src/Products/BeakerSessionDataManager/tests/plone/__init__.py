@@ -1,0 +1,1 @@
+"""Integration tests on a Plone 6 site (``make test-plone``)."""

@@ -1,0 +1,97 @@
+"""Every server-side store the suite runs against, made on demand.
+
+``make_store(name)`` returns the ``<product-config beaker>`` settings of a
+fresh store (its own directory, table or server) and a function removing
+what it made.  Servers come from ``servers``: a missing binary or database
+skips the store's tests, naming it (fails them with ``CI=true``).
+``LAYERS[name]`` runs the functional tests of ``BEAKER_SESSIONS_FIXTURE``
+with that store instead of the file store.
+"""
+import functools
+import os
+import secrets
+import shutil
+import tempfile
+
+from Products.BeakerSessionDataManager import testing
+
+from . import servers
+
+
+# Stores whose sessions outlive the process (a Zope restart).
+PERSISTENT = ('file', 'dbm', 'redis', 'rediscluster', 'memcached',
+              'memcached_pool', 'sqlite', 'postgresql', 'sqla_sqlite',
+              'sqla_postgresql')
+STORES = ('memory',) + PERSISTENT
+SQL_TYPES = {
+    'sqlite': 'ext:database', 'postgresql': 'ext:database',
+    'sqla_sqlite': 'ext:sqla', 'sqla_postgresql': 'ext:sqla',
+}
+
+
+def make_store(name, **options):
+    """``(settings, cleanup)`` of a new store ``name``; ``options`` are
+    more settings (``session.`` prefix added)."""
+    settings = {'session.secret': secrets.token_urlsafe(36)}
+    cleanup = _nothing
+    if name in ('file', 'dbm'):
+        directory = tempfile.mkdtemp(prefix='beaker-%s-' % name)
+        settings.update({
+            'session.type': name,
+            'session.data_dir': os.path.join(directory, 'data'),
+            'session.lock_dir': os.path.join(directory, 'lock'),
+        })
+        cleanup = functools.partial(shutil.rmtree, directory, True)
+    elif name == 'memory':
+        settings['session.type'] = 'memory'
+    elif name == 'redis':
+        settings.update({'session.type': 'ext:redis',
+                         'session.url': servers.shared_redis().url})
+    elif name == 'rediscluster':
+        settings.update({'session.type': 'ext:rediscluster',
+                         'session.url': servers.shared_redis_cluster().urls})
+    elif name in ('memcached', 'memcached_pool'):
+        pool = servers.shared_memcached(2 if name == 'memcached_pool' else 1)
+        settings.update({'session.type': 'ext:memcached',
+                         'session.url': servers.memcached_url(pool)})
+    elif name in SQL_TYPES:
+        url, cleanup = sql_database(name)
+        settings.update({'session.type': SQL_TYPES[name],
+                         'session.url': url,
+                         'session.table_name': servers.unique_name()})
+        cleanup = functools.partial(
+            drop_table, url, settings['session.table_name'], cleanup)
+    else:
+        raise ValueError('no store %r' % name)
+    settings.update({'session.' + key: str(value)
+                     for key, value in options.items()})
+    return settings, cleanup
+
+
+def _nothing():
+    pass
+
+
+def sql_database(name):
+    """The URL of the database for store ``name`` and its cleanup."""
+    if name.endswith('postgresql'):
+        return servers.postgresql_url(), _nothing
+    directory = tempfile.mkdtemp(prefix='beaker-sqlite-')
+    url = 'sqlite:///%s' % os.path.join(directory, 'sessions.db')
+    return url, functools.partial(shutil.rmtree, directory, True)
+
+
+def drop_table(url, table_name, then=_nothing):
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text('DROP TABLE IF EXISTS %s'
+                                       % table_name))
+    finally:
+        engine.dispose()
+        then()
+
+
+LAYERS = {name: testing.store_functional_testing(
+    name, functools.partial(make_store, name)) for name in STORES}

@@ -1,0 +1,333 @@
+"""Removing expired sessions from real file, dbm and SQL stores.
+
+Sessions are written through the product's own store (``merge``); "time
+passes" by setting their ``_accessed_time`` and the time their file or row
+was written into the past, as an hour without visits would.
+"""
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+
+import pytest
+
+from Products.BeakerSessionDataManager import config
+from Products.BeakerSessionDataManager import status
+from Products.BeakerSessionDataManager.cleanup import SESSION_FILE
+from Products.BeakerSessionDataManager.cleanup import Cleanup
+from Products.BeakerSessionDataManager.cleanup import layout_for
+from Products.BeakerSessionDataManager.cleanup import lock_name
+from Products.BeakerSessionDataManager.cleanup import walk
+from Products.BeakerSessionDataManager.tests import servers
+
+
+SECRET = 'Qv3s9dJk2LmN8pRt5WxYz1AbCdEfGhIjKl'
+TIMEOUT = 600
+LONG_AGO = time.time() - 3600
+STORES = ['file', 'dbm', 'sqlite', 'postgresql']
+SCRIPT = os.path.join(os.path.dirname(sys.executable), 'beaker-sessions')
+
+
+def store_settings(store, tmp_path):
+    """``<product-config beaker>`` options for ``store`` in ``tmp_path``,
+    and a function that drops what the test made outside it."""
+    settings = {'session.secret': SECRET, 'session.timeout': str(TIMEOUT),
+                'session.data_dir': str(tmp_path / 'data'),
+                'session.lock_dir': str(tmp_path / 'lock')}
+    if store in ('file', 'dbm'):
+        settings['session.type'] = store
+        return settings, lambda: None
+    settings['session.type'] = 'ext:database'
+    if store == 'sqlite':
+        settings['session.url'] = 'sqlite:///%s' % (tmp_path / 'sessions.db')
+        return settings, lambda: None
+    settings['session.url'] = servers.postgresql_url()
+    settings['session.table_name'] = table = servers.unique_name()
+
+    def drop():
+        import sqlalchemy
+        engine = sqlalchemy.create_engine(settings['session.url'])
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text('DROP TABLE IF EXISTS %s'
+                                               % table))
+        engine.dispose()
+    return settings, drop
+
+
+@pytest.fixture(params=STORES)
+def store_type(request):
+    return request.param
+
+
+@pytest.fixture
+def settings(store_type, tmp_path):
+    settings, drop = store_settings(store_type, tmp_path)
+    yield settings
+    drop()
+
+
+@pytest.fixture
+def configuration(settings):
+    return config.SessionConfiguration(settings, source='test')
+
+
+def new_ids(count, first=''):
+    """``count`` session ids, starting with ``first``, in sorted order."""
+    return sorted(first + secrets.token_hex(16)[len(first):]
+                  for _ in range(count))
+
+
+def write(configuration, session_ids, accessed, **data):
+    """Write sessions through the product's store, last accessed at
+    ``accessed``, as the product writes them."""
+    for session_id in session_ids:
+        record = dict(data, _creation_time=accessed, _accessed_time=accessed)
+        configuration.store.merge(session_id, lambda old: dict(record))
+
+
+def backdate(configuration, session_ids, when=LONG_AGO):
+    """Make the files or rows of ``session_ids`` look written at
+    ``when``."""
+    layout = layout_for(configuration)
+    session_ids = set(session_ids)
+    if hasattr(layout, 'root'):
+        for entry in walk(layout.root):
+            match = SESSION_FILE(entry.name)
+            if match and match.group(1) in session_ids:
+                os.utime(entry.path, (when, when))
+        return
+    table = layout.table
+    with layout.bind.begin() as connection:
+        connection.execute(table.update().where(
+            table.c.namespace.in_(session_ids)).values(
+            accessed=datetime.fromtimestamp(when)))
+
+
+def expired(configuration, count, first=''):
+    session_ids = new_ids(count, first)
+    write(configuration, session_ids, LONG_AGO, cart=['old'])
+    backdate(configuration, session_ids)
+    return session_ids
+
+
+def stored(configuration):
+    """The ids of the sessions in the store, read from its files or rows."""
+    layout = layout_for(configuration)
+    if hasattr(layout, 'root'):
+        return {SESSION_FILE(entry.name).group(1)
+                for entry in walk(layout.root) if SESSION_FILE(entry.name)}
+    with layout.bind.connect() as connection:
+        return {name for name, in connection.execute(
+            layout.table.select().with_only_columns(layout.table.c.namespace))
+            if name != 'beaker-sessions:last-cleanup'}
+
+
+def lock_files(configuration):
+    layout = layout_for(configuration)
+    return {entry.name[:-len('.lock')] for entry in walk(layout.lock_dir)}
+
+
+def clean(configuration, **options):
+    return Cleanup(configuration, layout_for(configuration),
+                   **options).run()
+
+
+def test_expired_sessions_go_live_ones_stay(configuration):
+    old = expired(configuration, 20)
+    live = new_ids(5)
+    write(configuration, live, time.time(), cart=['new'])
+    # Written long ago, used a minute ago: the record decides.
+    used = new_ids(2)
+    write(configuration, used, time.time() - 60)
+    backdate(configuration, used)
+    # Expired by its access time, but written a minute ago: kept too.
+    rewritten = new_ids(1)
+    write(configuration, rewritten, LONG_AGO)
+
+    report = clean(configuration)
+
+    assert report.removed == {'expired': 20}
+    assert report.removed_ids == set(old)
+    assert report.kept == {'live': 2}  # the other ones are no candidates
+    assert stored(configuration) == set(live + used + rewritten)
+    for session_id in live:
+        assert configuration.store.load(session_id)['cart'] == ['new']
+    assert status.last_cleanup(configuration) == pytest.approx(
+        time.time(), abs=30)
+
+
+@pytest.mark.parametrize('store_type', ['file', 'dbm'])
+def test_lock_files_of_removed_sessions_go(configuration, store_type):
+    """SQL stores lock in the database, file and dbm stores in files."""
+    old = expired(configuration, 5)
+    live = new_ids(2)
+    write(configuration, live, time.time())
+    locks = lock_files(configuration)
+    assert {lock_name(session_id) for session_id in old + live} <= locks
+    # What a read of an unknown id left long ago: a lock file, and with
+    # dbm an empty dbm file.
+    unknown = new_ids(1)
+    assert configuration.store.load(unknown[0]) is None
+    orphan = lock_files(configuration) - locks
+    assert orphan == {lock_name(unknown[0])}
+    for entry in walk(layout_for(configuration).lock_dir):
+        if entry.name[:-len('.lock')] in orphan:
+            os.utime(entry.path, (LONG_AGO, LONG_AGO))
+    backdate(configuration, unknown)
+
+    report = clean(configuration)
+
+    assert report.removed['expired'] == 5
+    assert report.leftovers == (1 if store_type == 'file' else 0)
+    assert stored(configuration) == set(live)
+    remaining = lock_files(configuration)
+    assert not remaining & {lock_name(session_id) for session_id in old}
+    assert not remaining & orphan
+    assert {lock_name(session_id) for session_id in live} <= remaining
+
+
+def test_dry_run_removes_nothing(configuration):
+    old = expired(configuration, 10)
+    before = stored(configuration)
+
+    report = clean(configuration, dry_run=True)
+
+    assert report.removed == {'expired': 10}
+    assert report.removed_ids == set(old)
+    assert stored(configuration) == before
+    assert status.last_cleanup(configuration) is None
+
+
+@pytest.mark.parametrize('store_type', ['file', 'dbm'])
+def test_records_without_a_session(configuration):
+    """What deleted sessions leave behind goes once it is old (SQL stores
+    delete the row with the session)."""
+    emptied = new_ids(3)
+    write(configuration, emptied, time.time())
+    for session_id in emptied:
+        configuration.store.delete(session_id)
+    backdate(configuration, emptied[:2])
+
+    report = clean(configuration)
+
+    assert report.removed == {'empty': 2}
+    assert stored(configuration) == set(emptied[2:])
+
+
+def test_unreadable_records_stay_unless_asked(settings, configuration):
+    other = config.SessionConfiguration(
+        dict(settings, **{'session.data_serializer': 'json'}), source='test')
+    unreadable = new_ids(3)
+    write(configuration, unreadable, LONG_AGO)
+    backdate(configuration, unreadable[:2])
+    json_reader = layout_for(other)
+
+    report = Cleanup(other, json_reader).run()
+    assert report.kept == {'unreadable': 2}
+    assert stored(configuration) == set(unreadable)
+
+    report = Cleanup(other, json_reader, remove_unreadable=True).run()
+    assert report.removed == {'unreadable': 2}
+    # Written recently, maybe by a site with other keys: kept.
+    assert stored(configuration) == set(unreadable[2:])
+
+
+def test_records_without_access_time_stay(configuration):
+    undated = new_ids(2)
+    for session_id in undated:
+        configuration.store.merge(session_id, lambda old: {'a': 1})
+    backdate(configuration, undated)
+
+    report = clean(configuration)
+
+    assert report.kept == {'undated': 2}
+    assert stored(configuration) == set(undated)
+
+
+def test_status(configuration):
+    expired(configuration, 3)
+    result = status.check_store(configuration)
+    assert result.ok, result.error
+    assert result.error is None
+    assert result.round_trip_ms > 0
+    assert result.session_count == 3  # the probe left nothing behind
+    assert status.last_cleanup(configuration) is None
+
+
+def test_status_of_an_unreachable_store(tmp_path):
+    configuration = config.SessionConfiguration({
+        'session.type': 'ext:database', 'session.secret': SECRET,
+        'session.url': 'postgresql+psycopg2://nobody@127.0.0.1:1/none'},
+        source='test')
+    result = status.check_store(configuration)
+    assert not result.ok
+    assert 'OperationalError' in result.error
+    assert result.round_trip_ms is None
+    assert result.verdict().startswith('FAILED: ext:database session store')
+
+
+def test_concurrent_writer_loses_nothing(configuration, settings,
+                                         store_type):
+    """The cleanup runs as a separate process while this one keeps
+    writing sessions that looked expired when the cleanup listed the
+    store: every write must survive."""
+    # SQL commits are slower: fewer sessions keep the test short.
+    old = expired(configuration, 400 if store_type in ('file', 'dbm')
+                  else 50, first='0')
+    # Looked expired when listed; revived meanwhile.  Their ids sort
+    # last, so the cleanup reaches them after the writer has started.
+    revived = expired(configuration, 20, first='f') \
+        + expired(configuration, 5, first='1')
+    live = new_ids(5, first='e')
+    write(configuration, live, time.time())
+    writes = {session_id: [] for session_id in revived + live}
+    options = [arg for name, value in settings.items()
+               for arg in ('-o', '%s=%s' % (name, value))]
+    cleanup = subprocess.Popen(
+        [SCRIPT, 'cleanup', '--progress'] + options,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop = threading.Event()
+    failures = []
+
+    def writer():
+        number = 0
+        while not stop.is_set() or number < 3:
+            for session_id in writes:
+                def apply(record, number=number):
+                    record = record or {'_creation_time': time.time()}
+                    record['writes'] = record.get('writes', []) + [number]
+                    record['_accessed_time'] = time.time()
+                    return record
+                try:
+                    configuration.store.merge(session_id, apply)
+                except Exception as exc:  # reported below
+                    failures.append(exc)
+                    return
+                writes[session_id].append(number)
+                # A site's requests come with gaps, in which SQLite lets
+                # the cleanup in.
+                time.sleep(0.002)
+            number += 1
+
+    # The cleanup has listed its candidates when it reports progress.
+    assert cleanup.stderr.readline().startswith('0 of ')
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        out, err = cleanup.communicate(timeout=120)
+    finally:
+        stop.set()
+        thread.join()
+    assert cleanup.returncode == 0, out + err
+    assert not failures
+    for session_id, numbers in writes.items():
+        assert configuration.store.load(session_id)['writes'] == numbers
+    assert not stored(configuration) & set(old)
+    if store_type != 'sqlite':
+        # Some were revived before the cleanup reached them.  (SQLite
+        # lets one writer at a time in, and may keep ours waiting until
+        # the cleanup is done.)
+        assert 'live session' in out

@@ -1,0 +1,113 @@
+"""Several Zope instances on one store, and restarts: runwsgi processes.
+
+Two instances with the same store and secret serve one visitor in turn;
+an instance with another secret does not accept that visitor's cookie;
+sessions outlive a restart on every store that keeps them outside Zope.
+"""
+import shutil
+import threading
+
+import pytest
+
+from Products.BeakerSessionDataManager.tests import servers
+from Products.BeakerSessionDataManager.tests import stores
+from Products.BeakerSessionDataManager.tests.instance import \
+    BEAKER_SESSION_DATA_MANAGER
+from Products.BeakerSessionDataManager.tests.instance import COUNTER_SCRIPT
+from Products.BeakerSessionDataManager.tests.instance import ZopeInstance
+from Products.BeakerSessionDataManager.tests.instance import new_secret
+from Products.BeakerSessionDataManager.tests.instance import python_script
+
+
+UNTOUCHED_SCRIPT = python_script('untouched', "return 'no session here'")
+
+
+@pytest.fixture
+def store(request):
+    """The settings of a new store named by the test's parameter."""
+    settings, cleanup = stores.make_store(request.param)
+    yield settings
+    cleanup()
+
+
+def started(first, *others):
+    """Set the first instance up, give the others a copy of its database
+    (zconsole takes seconds), and start them all at once."""
+    first.setup(BEAKER_SESSION_DATA_MANAGER, COUNTER_SCRIPT, UNTOUCHED_SCRIPT)
+    for zope in others:
+        shutil.copyfile(first.var('Data.fs'), zope.var('Data.fs'))
+    errors = []
+
+    def start(zope):
+        try:
+            zope.start()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(zope,))
+               for zope in (first,) + others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def count(zope, cookie=None):
+    """GET /count: ``(body, cookie sent back or None)``."""
+    status, set_cookie, body = zope.get('/count', cookie)
+    assert status == 200, body
+    return body, set_cookie and set_cookie.split(';')[0]
+
+
+@pytest.mark.parametrize(
+    'store', ['file', 'redis', 'memcached', 'postgresql'], indirect=True)
+def test_two_instances_share_sessions_that_survive_restarts(store):
+    with ZopeInstance(store) as first, ZopeInstance(store) as second:
+        started(first, second)
+        body, cookie = count(first)
+        assert (body, cookie is not None) == ('1', True)
+        assert count(second, cookie) == ('2', None)
+        assert count(first, cookie) == ('3', None)
+        second.restart()
+        assert count(second, cookie) == ('4', None)
+        assert count(first, cookie) == ('5', None)
+
+
+@pytest.mark.parametrize(
+    'store', ['dbm', 'sqlite'], indirect=True)
+def test_sessions_survive_a_restart(store):
+    with ZopeInstance(store) as zope:
+        started(zope)
+        body, cookie = count(zope)
+        assert body == '1'
+        zope.restart()
+        assert count(zope, cookie) == ('2', None)
+
+
+@pytest.mark.parametrize('store', ['file'], indirect=True)
+def test_instance_with_another_secret_starts_a_new_session(store):
+    other = dict(store, **{'session.secret': new_secret()})
+    with ZopeInstance(store) as first, ZopeInstance(other) as second:
+        started(first, second)
+        first_body, cookie = count(first)
+        body, new_cookie = count(second, cookie)
+        assert body == '1'
+        assert new_cookie is not None and new_cookie != cookie
+        # The first instance's visitor still has its session.
+        assert count(first, cookie) == ('2', None)
+
+
+def test_unreachable_store_warns_at_start_up_and_gives_503():
+    url = 'redis://127.0.0.1:%d/0' % servers.free_port()
+    settings = {'session.type': 'ext:redis', 'session.url': url,
+                'session.secret': new_secret()}
+    with ZopeInstance(settings) as zope:
+        started(zope)
+        log = zope.log('event.log')
+        assert 'WARNING' in log and '%s (session.url)' % url in log, log
+        status, _, body = zope.get('/count')
+        assert status == 503, body
+        assert 'Traceback' not in body
+        assert zope.get('/untouched')[::2] == (200, 'no session here')

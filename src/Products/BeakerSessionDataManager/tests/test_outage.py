@@ -1,0 +1,241 @@
+"""A session store that dies under a running site, and comes back.
+
+A real Zope instance serves a few browsers that keep paying (a ZODB write
+and a session write in one transaction) while the store's server is killed
+and started again on the same port.  Pages that do not use the session
+must keep working, pages that do get a short 503, the log gets one error
+line instead of one per request, no transaction commits the ZODB without
+its session write, and the site recovers without a restart.
+"""
+import re
+import threading
+import time
+import unittest
+
+import pytest
+
+from Products.BeakerSessionDataManager.outages import OutageLog
+from Products.BeakerSessionDataManager.tests import instance
+from Products.BeakerSessionDataManager.tests import servers
+from Products.BeakerSessionDataManager.tests.instance import \
+    BEAKER_SESSION_DATA_MANAGER
+from Products.BeakerSessionDataManager.tests.instance import ZopeInstance
+from Products.BeakerSessionDataManager.tests.instance import python_script
+
+
+CLIENTS = 4
+LEDGERS = '''
+for number in range(%d):
+    name = 'ledger%%d' %% number
+    if name not in app.objectIds():
+        app.manage_addFolder(name)
+        app[name].manage_addProperty('paid', 0, 'int')
+''' % CLIENTS
+# One transaction: a ZODB write (the ledger of this browser, which only
+# this browser writes, so that there are no conflicts) and a session
+# write (two keys that must always be equal).
+PAY_SCRIPT = python_script('pay', '''\
+    session = container.REQUEST.SESSION
+    ledger = getattr(container, 'ledger' + client)
+    ledger.manage_changeProperties(paid=ledger.getProperty('paid') + 1)
+    n = session.get('n', 0) + 1
+    session['n'] = n
+    session['copy'] = n
+    return 'paid'
+    ''', params='client') + "app.pay._proxy_roles = ('Manager',)\n"
+SHOW_SCRIPT = python_script('show', '''\
+    session = container.REQUEST.SESSION
+    ledger = getattr(container, 'ledger' + client)
+    return '%s %s %s' % (ledger.getProperty('paid'), session.get('n'),
+                         session.get('copy'))
+    ''', params='client')
+UNTOUCHED_SCRIPT = python_script('untouched', "return 'no session here'")
+ERROR_LINE = re.compile(r'^\S+ \S+ ERROR .*Session store unavailable',
+                        re.MULTILINE)
+
+
+class Browser(threading.Thread):
+    """Pays again and again with its own cookie until told to stop."""
+
+    def __init__(self, zope, number):
+        super().__init__(daemon=True)
+        self.zope = zope
+        self.number = number
+        self.cookie = None
+        self.paid = 0
+        self.outcomes = []
+        self.error = None
+        self.stopping = threading.Event()
+
+    def pay(self):
+        status, set_cookie, body = self.zope.get(
+            '/pay?client=%d' % self.number, self.cookie)
+        if status == 200:
+            assert body == 'paid', body
+            self.paid += 1
+            if set_cookie:
+                self.cookie = set_cookie.split(';')[0]
+        else:
+            assert set_cookie is None, set_cookie
+        self.outcomes.append((status, body))
+        return status
+
+    def run(self):
+        try:
+            while not self.stopping.is_set():
+                self.pay()
+                time.sleep(0.02)
+        except BaseException as exc:
+            self.error = exc
+
+    def show(self):
+        status, _, body = self.zope.get(
+            '/show?client=%d' % self.number, self.cookie)
+        assert status == 200, body
+        return [None if value == 'None' else int(value)
+                for value in body.split()]
+
+
+def run_outage(zope, server, recovery_timeout, keeps_data):
+    zope.setup(BEAKER_SESSION_DATA_MANAGER, LEDGERS, PAY_SCRIPT, SHOW_SCRIPT,
+               UNTOUCHED_SCRIPT)
+    zope.start()
+    browsers = [Browser(zope, number) for number in range(CLIENTS)]
+    for browser in browsers:
+        assert browser.pay() == 200
+        browser.start()
+    time.sleep(1)
+
+    server.kill()
+    time.sleep(1)
+    status, set_cookie, body = zope.get('/untouched', browsers[0].cookie)
+    assert (status, body) == (200, 'no session here')
+    for cookie in (browsers[0].cookie, None):
+        status, set_cookie, body = zope.get('/pay?client=0', cookie)
+        assert status == 503, body
+        assert set_cookie is None
+        assert 'session store is unavailable' in body, body
+        assert len(body) < 400 and 'Traceback' not in body, body
+        assert str(server.port) not in body, body
+    time.sleep(1)
+
+    server.start()
+    deadline = time.monotonic() + recovery_timeout
+    for browser in browsers:
+        while not browser.outcomes or browser.outcomes[-1][0] != 200:
+            assert browser.error is None, browser.error
+            assert time.monotonic() < deadline, browser.outcomes[-3:]
+            time.sleep(0.1)
+    for browser in browsers:
+        browser.stopping.set()
+        browser.join(30)
+
+    for browser in browsers:
+        assert browser.error is None, browser.error
+        statuses = {status for status, body in browser.outcomes}
+        assert statuses == {200, 503}, statuses
+        assert not [body for status, body in browser.outcomes
+                    if status == 503
+                    and 'session store is unavailable' not in body]
+        paid, n, copy = browser.show()
+        # The ZODB committed exactly the acknowledged payments: never
+        # without the session write.
+        assert paid == browser.paid
+        # The record is always whole.
+        assert n == copy
+        if keeps_data:
+            # Acknowledged session writes survived; a write that failed
+            # (503) may still have landed if only the store's answer was
+            # lost.
+            assert browser.paid <= n <= browser.paid + 1, (browser.paid, n)
+
+    log = zope.log('event.log')
+    # The test takes less than the 60 seconds of one interval.
+    assert len(ERROR_LINE.findall(log)) == 1, log
+    assert 'Traceback' not in log, log
+    assert 'answers again' in log, log
+
+
+@pytest.fixture
+def secret():
+    return instance.new_secret()
+
+
+def test_redis_outage(secret):
+    # appendfsync always: what redis acknowledged survives the kill.
+    with servers.RedisServer(None, '--appendonly', 'yes',
+                             '--appendfsync', 'always') as redis:
+        with ZopeInstance({'session.type': 'ext:redis',
+                           'session.url': redis.url,
+                           'session.secret': secret}) as zope:
+            run_outage(zope, redis, recovery_timeout=20, keeps_data=True)
+
+
+def test_memcached_outage(secret):
+    # A restarted memcached has forgotten everything: the browsers get new
+    # sessions.  python-memcached tries a failed server again only after
+    # 30 seconds, hence the longer wait.
+    with servers.MemcachedServer() as memcached:
+        with ZopeInstance({'session.type': 'ext:memcached',
+                           'session.url': memcached.address,
+                           'session.secret': secret}) as zope:
+            run_outage(zope, memcached, recovery_timeout=45,
+                       keeps_data=False)
+
+
+def test_postgresql_outage(secret):
+    # The system's PostgreSQL, reached through a proxy that we cut.
+    url = servers.postgresql_url()
+    table = servers.unique_name()
+    with servers.TcpProxy(5432) as proxy:
+        with ZopeInstance({'session.type': 'ext:database',
+                           'session.url': url.replace(
+                               ':5432/', ':%d/' % proxy.port),
+                           'session.table_name': table,
+                           'session.secret': secret}) as zope:
+            try:
+                run_outage(zope, proxy, recovery_timeout=20, keeps_data=True)
+            finally:
+                zope.stop()
+                drop_table(url, table)
+
+
+def drop_table(url, table):
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text('DROP TABLE IF EXISTS %s' % table))
+    engine.dispose()
+
+
+class OutageLogTests(unittest.TestCase):
+    """One error line per store and interval; the others are counted."""
+
+    def setUp(self):
+        self.now = 1000.0
+        self.log = OutageLog(interval=60, clock=lambda: self.now)
+
+    def fail(self, store='redis store'):
+        self.log.failed(store, 'read from', ConnectionError(
+            'refused\n[SQL: SELECT ...]\n[parameters: secret data]'))
+
+    def test_one_error_per_interval_and_store(self):
+        with self.assertLogs('Products.BeakerSessionDataManager') as logged:
+            for _ in range(100):
+                self.fail()
+                self.now += 0.5
+            self.fail('memcached store')
+            self.now += 11
+            self.fail()
+            self.log.succeeded('redis store')
+            self.log.succeeded('redis store')
+        messages = [record.getMessage() for record in logged.records]
+        self.assertEqual([record.levelname for record in logged.records],
+                         ['ERROR', 'ERROR', 'ERROR', 'INFO'])
+        self.assertIn('could not read from the redis store: '
+                      'ConnectionError: refused (further failures',
+                      messages[0])
+        self.assertIn('memcached store', messages[1])
+        self.assertIn('and 99 more failures', messages[2])
+        self.assertIn('redis store answers again', messages[3])
+        self.assertNotIn('secret data', ' '.join(messages))

@@ -1,0 +1,262 @@
+"""Round trips to the store per request, counted on the real server.
+
+Redis counts them itself: ``INFO stats`` has ``total_reads_processed``
+(one per batch of commands a client sends, i.e. per round trip) and
+``INFO commandstats`` the calls of each command, including those a script
+makes inside the server.  Each test resets the counters (``CONFIG
+RESETSTAT``), publishes one request and reads them; the test's own two
+commands (the reset and the ``INFO``) are subtracted.  memcached's
+``stats`` count commands, each of which is a round trip for
+python-memcached.  No timing: these are counts.
+"""
+import secrets
+import socket
+import time
+
+import redis
+import webtest
+from beaker.middleware import SessionMiddleware
+from beaker.session import Session
+
+from Products.BeakerSessionDataManager import testing
+from Products.BeakerSessionDataManager.redisstore import RedisStore
+from Products.BeakerSessionDataManager.store import BeakerStore
+from Products.BeakerSessionDataManager.tests import servers
+from Products.BeakerSessionDataManager.tests.test_conformance import \
+    PublishingTestCase
+
+
+SECRET = secrets.token_urlsafe(36)
+
+
+def dedicated_redis():
+    """Settings of a Redis store on a server nobody else uses."""
+    server = servers.RedisServer().start()
+    settings = {'session.type': 'ext:redis', 'session.url': server.url,
+                'session.secret': SECRET}
+    return settings, server.cleanup
+
+
+def dedicated_memcached():
+    server = servers.MemcachedServer().start()
+    settings = {'session.type': 'ext:memcached',
+                'session.url': server.address, 'session.secret': SECRET}
+    return settings, server.cleanup
+
+
+REDIS_TESTING = testing.store_functional_testing(
+    'RoundTripsRedis', dedicated_redis)
+MEMCACHED_TESTING = testing.store_functional_testing(
+    'RoundTripsMemcached', dedicated_memcached)
+
+
+class Counting(PublishingTestCase):
+    """A counter, a reader and a page that ignores the session."""
+
+    def setUp(self):
+        super().setUp()
+        self.configuration = self.layer['beaker_configuration']
+        self.store = self.configuration.store
+        self.addCounter()
+        self.addScript('read', '''\
+session = container.REQUEST.SESSION
+return '%s %s' % (session.get('count'), session.get('recent'))
+''')
+        self.addScript('untouched', 'return "no session here"')
+        self.addScript('cart', '''\
+session = container.REQUEST.SESSION
+session['recent'] = ['page %d' % n for n in range(3)]
+return 'ok'
+''')
+
+    def counted(self, browser, path):
+        """What publishing ``path`` cost on the store."""
+        self.reset()
+        self.get(browser, path)
+        return self.counts()
+
+    def age(self, session_id, seconds):
+        def older(record):
+            record['_accessed_time'] -= seconds
+            return record
+        self.store.merge(session_id, older)
+
+
+class RedisRoundTrips(Counting):
+
+    layer = REDIS_TESTING
+
+    def setUp(self):
+        super().setUp()
+        self.client = redis.Redis.from_url(self.store.url)
+        self.addCleanup(self.client.close)
+
+    def reset(self):
+        self.client.config_resetstat()
+
+    def counts(self):
+        """(round trips, {command: calls}) since the reset."""
+        commands = {name[len('cmdstat_'):]: value['calls']
+                    for name, value in self.client.info(
+                        'commandstats').items()}
+        reads = self.client.info('stats')['total_reads_processed']
+        # Ours: the two INFO (the reset counts itself, not its read).
+        commands.pop('config|resetstat', None)
+        commands.pop('info', None)
+        return reads - 2, commands
+
+    def test_untouched_page_costs_nothing(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.assertEqual(self.counted(browser, '/untouched'), (0, {}))
+
+    def test_reading_inside_the_write_granularity_is_one_get(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.get(browser, '/cart')
+        self.assertEqual(self.counted(browser, '/read'), (1, {'get': 1}))
+
+    def test_new_session_is_one_get_and_one_compare_and_set(self):
+        self.assertEqual(self.counted(self.browser(), '/count'),
+                         (2, {'evalsha': 1, 'get': 2, 'set': 1}))
+
+    def test_write_is_one_get_and_one_compare_and_set(self):
+        # The script's GET and SET run inside Redis, in the EVALSHA.
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.assertEqual(self.counted(browser, '/count'),
+                         (2, {'get': 2, 'evalsha': 1, 'set': 1}))
+
+    def test_reading_after_the_granularity_writes_the_access_time(self):
+        browser = self.browser()
+        session_id = self.session_id(browser)
+        self.age(session_id, self.configuration.write_granularity + 5)
+        self.assertEqual(self.counted(browser, '/read'),
+                         (2, {'get': 2, 'evalsha': 1, 'set': 1}))
+
+    def test_losing_a_race_costs_one_more_compare_and_set(self):
+        # Another writer came between our read and our write: the failed
+        # compare-and-set answers its record; no GET, no lock.
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda record: {'a': 1})
+        self.store.load(session_id)
+        other = RedisStore(self.store.namespace_class,
+                           self.store.namespace_args)
+        other.merge(session_id, lambda record: dict(record, b=2))
+        self.reset()
+        self.store.merge(session_id, lambda record: dict(record, c=3))
+        self.assertEqual(self.counts(),
+                         (2, {'evalsha': 2, 'get': 2, 'set': 1}))
+        self.assertEqual(self.store.load(session_id),
+                         {'a': 1, 'b': 2, 'c': 3})
+
+    def session_id(self, browser):
+        self.get(browser, '/count')
+        return self.configuration.cookie.verify(
+            browser.cookies[self.configuration.cookie.name])
+
+
+class RedisInterplay(Counting):
+    """RedisStore keeps Beaker's keys and records: Beaker's sessions, its
+    namespace manager (BeakerStore) and its middleware share them."""
+
+    layer = REDIS_TESTING
+
+    def beaker_options(self):
+        return {'type': 'ext:redis', 'url': self.store.url,
+                'secret': SECRET, 'timeout': self.configuration.timeout}
+
+    def test_beaker_reads_our_records_and_we_read_beakers(self):
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda record: {
+            '_creation_time': time.time(), '_accessed_time': time.time(),
+            'ours': 1})
+        session = Session({}, id=session_id, use_cookies=False,
+                          **self.beaker_options())
+        self.assertEqual(session['ours'], 1)
+        session['theirs'] = 2
+        session.save()
+        self.assertEqual(self.store.load(session_id)['theirs'], 2)
+        namespaces = BeakerStore(self.store.namespace_class,
+                                 self.store.namespace_args)
+        self.assertEqual(namespaces.load(session_id)['theirs'], 2)
+        namespaces.merge(session_id, lambda record: dict(record, old=3))
+        self.assertEqual(self.store.load(session_id)['old'], 3)
+
+    def test_a_session_of_beakers_middleware_continues_in_zope(self):
+        def app(environ, start_response):
+            session = environ['beaker.session']
+            if 'from_zope' not in session:
+                session['from_beaker'] = 1
+                session.save()
+            start_response('200 OK', [('Content-Type', 'text/plain')])
+            return [str(session.get('from_zope')).encode()]
+
+        options = {'session.' + key: value
+                   for key, value in self.beaker_options().items()}
+        beaker = webtest.TestApp(SessionMiddleware(app, options))
+        beaker.get('/')
+        browser = self.browser()
+        name = self.configuration.cookie.name
+        browser.set_cookie(name, beaker.cookies[name])
+        self.addScript('continue', '''\
+session = container.REQUEST.SESSION
+session['from_zope'] = session['from_beaker'] + 1
+return session.getContainerKey()
+''')
+        session_id = self.get(browser, '/continue')
+        self.assertEqual(beaker.cookies[name][40:], session_id)
+        self.assertEqual(beaker.get('/').text, '2')
+
+
+class MemcachedRoundTrips(Counting):
+    """python-memcached sends one command per round trip; a merge holds
+    the session's lock key (``add``, then ``get`` and ``delete``)."""
+
+    layer = MEMCACHED_TESTING
+
+    def stats(self):
+        host, port = self.configuration.options['url'].split(':')
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(b'stats\r\n')
+            data = b''
+            while not data.endswith(b'END\r\n'):
+                data += connection.recv(65536)
+        stats = {}
+        for line in data.decode().splitlines():
+            if line.startswith('STAT '):
+                _, name, value = line.split(' ', 2)
+                stats[name] = value
+        return stats
+
+    def reset(self):
+        self.before = self.stats()
+
+    def counts(self):
+        after = self.stats()
+        commands = {}
+        for name in ('cmd_get', 'cmd_set', 'cmd_touch', 'delete_hits',
+                     'delete_misses'):
+            calls = int(after[name]) - int(self.before[name])
+            if calls:
+                commands[name] = calls
+        return sum(commands.values()), commands
+
+    def test_untouched_page_costs_nothing(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.assertEqual(self.counted(browser, '/untouched'), (0, {}))
+
+    def test_reading_inside_the_write_granularity_is_one_get(self):
+        browser = self.browser()
+        self.get(browser, '/cart')
+        self.assertEqual(self.counted(browser, '/read'),
+                         (1, {'cmd_get': 1}))
+
+    def test_write_is_a_get_and_a_set_under_the_lock(self):
+        # load: get; merge: add (lock), get, set, get (lock owner),
+        # delete (lock).  memcached counts add among the sets.
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.assertEqual(self.counted(browser, '/count'),
+                         (6, {'cmd_get': 3, 'cmd_set': 2, 'delete_hits': 1}))

@@ -1,0 +1,484 @@
+"""Every server-side store, against its real server: the merge lock,
+expiry, store TTLs, a dead memcached node, unreachable stores.
+
+The conformance scenarios run on every store in test_conformance; these
+are the properties that differ from store to store.
+"""
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import unittest
+
+import pytest
+from beaker.cache import clsmap
+from beaker.session import Session
+
+import transaction
+
+from Products.BeakerSessionDataManager import config
+from Products.BeakerSessionDataManager import namespaces
+from Products.BeakerSessionDataManager import testing
+from Products.BeakerSessionDataManager.datamanager import SessionWriter
+from Products.BeakerSessionDataManager.interfaces import ConfigurationError
+from Products.BeakerSessionDataManager.namespaces import LockTimeout
+from Products.BeakerSessionDataManager.session import BeakerSessionData
+from Products.BeakerSessionDataManager.tests import servers
+from Products.BeakerSessionDataManager.tests import stores
+from Products.BeakerSessionDataManager.tests.test_conformance import \
+    PublishingTestCase
+
+
+WRITERS = 4
+MERGES_PER_WRITER = 12
+DAY = 24 * 3600
+LOGGER = 'Products.BeakerSessionDataManager'
+
+
+def new_id():
+    return secrets.token_hex(16)
+
+
+def second_store(store):
+    """The same store as another Zope instance would open it."""
+    return type(store)(store.namespace_class, store.namespace_args,
+                       data_dir=store.data_dir, timeout=store.timeout,
+                       name=store.name)
+
+
+class StoreTests:
+    """What every store must do; run on each store by ``on_store``."""
+
+    def setUp(self):
+        super().setUp()
+        self.configuration = self.layer['beaker_configuration']
+        self.store = self.configuration.store
+
+    def addCounter(self):
+        self.addScript('count', '''\
+session = container.REQUEST.SESSION
+session['count'] = session.get('count', 0) + 1
+return '%s %s' % (session['count'], session.getContainerKey())
+''')
+
+    def age(self, session_id, seconds):
+        """Make the session's last access ``seconds`` older."""
+        def older(record):
+            record['_accessed_time'] -= seconds
+            return record
+        self.store.merge(session_id, older)
+
+    def test_concurrent_merges_of_different_keys_lose_none(self):
+        # Two store objects (two instances) and several threads write
+        # their own keys into one session; a merge reads, waits a little
+        # (the window another writer would use) and writes.
+        session_id = new_id()
+        both = [self.store, second_store(self.store)]
+        errors = []
+
+        def writer(number):
+            store = both[number % 2]
+            try:
+                for merge in range(MERGES_PER_WRITER):
+                    def apply(record, key='w%d-%02d' % (number, merge)):
+                        record = dict(record or {})
+                        time.sleep(0.002)
+                        record[key] = number
+                        record['_accessed_time'] = time.time()
+                        return record
+                    store.merge(session_id, apply)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=writer, args=(number,))
+                   for number in range(WRITERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        stored = self.store.load(session_id)
+        expected = {'w%d-%02d' % (number, merge)
+                    for number in range(WRITERS)
+                    for merge in range(MERGES_PER_WRITER)}
+        self.assertEqual(errors, [])
+        self.assertEqual(expected - set(stored), set())
+
+    def test_expired_session_reads_as_a_fresh_one(self):
+        self.addCounter()
+        self.addScript('by_key', '''\
+data = context.session_data_manager.getSessionDataByKey(key)
+return data is None and 'None' or repr(data.keys())
+''', params='key')
+        browser = self.browser()
+        self.get(browser, '/count')
+        count, old_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '2')
+        self.age(old_id, self.configuration.timeout + 5)
+        self.assertIsNone(self.store.load(old_id))
+        count, new_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '1')
+        self.assertNotEqual(new_id, old_id)
+        self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+        manager = self.browser(manager=True)
+        self.assertEqual(self.get(manager, '/by_key', key=old_id), 'None')
+
+    def test_a_late_write_does_not_bring_an_expired_session_back(self):
+        # A request loaded the session just before it expired and writes
+        # one key after: the merge starts from an empty record.
+        session_id = new_id()
+        self.store.merge(session_id, lambda record: {
+            '_creation_time': time.time(), '_accessed_time': time.time(),
+            'old': 1, 'kept': 2})
+        session = BeakerSessionData(session_id, self.store.load(session_id))
+        SessionWriter(session, self.store)
+        session['kept'] = 3
+        self.age(session_id, self.configuration.timeout + 5)
+        transaction.commit()
+        record = self.store.load(session_id)
+        self.assertEqual(record['kept'], 3)
+        self.assertNotIn('old', record)
+
+    def test_beaker_reads_our_records(self):
+        """What we write, Beaker's own Session reads, and vice versa."""
+        session_id = new_id()
+        self.store.merge(session_id, lambda record: {
+            '_creation_time': time.time(), '_accessed_time': time.time(),
+            'ours': 1})
+        namespace_class = self.store.namespace_class
+        if self.configuration.type != 'ext:sqla':
+            # ext:sqla is ours from zope.conf; Beaker's needs objects.
+            namespace_class = clsmap[self.configuration.type]
+        options = dict(self.store.namespace_args)
+        options.pop('timeout', None)
+        session = Session(
+            {}, id=session_id, use_cookies=False,
+            secret=self.configuration.options['secret'],
+            namespace_class=namespace_class,
+            data_dir=self.store.data_dir, **options)
+        self.assertEqual(session['ours'], 1)
+        session['theirs'] = 2
+        session.save()
+        self.assertEqual(self.store.load(session_id)['theirs'], 2)
+
+
+def on_store(name):
+    return type('TestStore_%s' % name, (StoreTests, PublishingTestCase), {
+        'layer': stores.LAYERS[name],
+        '__doc__': StoreTests.__doc__.replace('each store', name),
+    })
+
+
+for _name in stores.STORES:
+    globals()['TestStore_%s' % _name] = on_store(_name)
+del _name
+
+
+class RedisTTL:
+    """Redis keys expire with the session: timeout + 2 minutes."""
+
+    key = 'beaker_cache:%s:session'
+
+    def test_session_key_has_a_ttl(self):
+        self.addScript('start', '''\
+container.REQUEST.SESSION['x'] = 1
+return container.REQUEST.SESSION.getContainerKey()
+''')
+        session_id = self.get(self.browser(), '/start')
+        timeout = self.layer['beaker_configuration'].timeout
+        ttl = self.client().ttl(self.key % session_id)
+        self.assertGreater(ttl, timeout)
+        self.assertLessEqual(ttl, timeout + 120)
+
+
+class RedisTTLTests(RedisTTL, PublishingTestCase):
+
+    layer = stores.LAYERS['redis']
+
+    def client(self):
+        import redis
+        return redis.Redis.from_url(
+            self.layer['beaker_configuration'].options['url'])
+
+
+class RedisClusterTTLTests(RedisTTL, PublishingTestCase):
+
+    layer = stores.LAYERS['rediscluster']
+
+    def client(self):
+        from redis.cluster import RedisCluster
+        urls = self.layer['beaker_configuration'].options['url']
+        return RedisCluster.from_url(urls.split(',')[0])
+
+
+def memcached_expiry_times(address):
+    """``{key: exptime}`` of every item of a memcached server, read with
+    ``lru_crawler metadump`` (exptime is a Unix time, -1 for none)."""
+    host, port = address.split(':')
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b'lru_crawler metadump all\r\n')
+        data = b''
+        while not data.endswith(b'END\r\n'):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    times = {}
+    for line in data.decode().splitlines():
+        fields = dict(field.split('=', 1) for field in line.split()
+                      if '=' in field)
+        if 'key' in fields:
+            times[fields['key']] = int(fields['exp'])
+    return times
+
+
+class MemcachedExpiryTests(unittest.TestCase):
+    """memcached items expire with the session, whatever the timeout."""
+
+    def make_store(self, timeout):
+        server = servers.shared_memcached()[0]
+        settings, cleanup = stores.make_store('memcached', timeout=timeout)
+        self.addCleanup(cleanup)
+        store = config.SessionConfiguration(settings).store
+        return server, store
+
+    def expiry_of(self, server, session_id):
+        return memcached_expiry_times(server.address).get(
+            '%s_session' % session_id)
+
+    def test_item_expires_with_the_session(self):
+        server, store = self.make_store(timeout=600)
+        session_id = new_id()
+        before = time.time()
+        store.merge(session_id, lambda record: {'_accessed_time': before})
+        expiry = self.expiry_of(server, session_id)
+        self.assertGreaterEqual(expiry, int(before) + 600 + 120 - 2)
+        self.assertLessEqual(expiry, time.time() + 600 + 120 + 2)
+
+    def test_timeout_over_30_days(self):
+        # memcached reads such an expiry as a Unix time: sent as is, the
+        # item would be gone at once.
+        server, store = self.make_store(timeout=40 * DAY)
+        session_id = new_id()
+        before = time.time()
+        store.merge(session_id, lambda record: {'_accessed_time': before})
+        self.assertEqual(store.load(session_id), {'_accessed_time': before})
+        expiry = self.expiry_of(server, session_id)
+        self.assertGreaterEqual(expiry, int(before) + 40 * DAY + 120 - 2)
+        self.assertLessEqual(expiry, time.time() + 40 * DAY + 120 + 2)
+
+
+@pytest.mark.parametrize('name', ['memcached', 'sqlite', 'postgresql'])
+def test_a_lock_held_too_long_gives_a_clear_error(name, monkeypatch):
+    settings, cleanup = stores.make_store(name)
+    try:
+        store = config.SessionConfiguration(settings).store
+        session_id = new_id()
+        store.merge(session_id, lambda record: {'x': 1})
+        # Another writer holds the session's lock.
+        holder = store._locked(store._namespace(session_id))
+        holder.__enter__()
+        try:
+            monkeypatch.setattr(namespaces, 'LOCK_WAIT', 0.5)
+            with pytest.raises(LockTimeout) as caught:
+                store.merge(session_id, lambda record: {'x': 2})
+        finally:
+            holder.__exit__(None, None, None)
+        assert 'locked by another writer' in str(caught.value)
+        assert store.load(session_id) == {'x': 1}
+    finally:
+        cleanup()
+
+
+class StoreErrorTestCase(PublishingTestCase):
+    """Configure a store for one test, restoring the layer's after."""
+
+    layer = testing.BEAKER_SESSIONS_FUNCTIONAL_TESTING
+
+    def use(self, settings):
+        previous = config._current
+        self.addCleanup(setattr, config, '_current', previous)
+        settings = dict(settings, **{'session.secret': secrets.token_hex(20)})
+        return config.configure(settings)
+
+    def addCounter(self):
+        self.addScript('count', '''\
+session = container.REQUEST.SESSION
+session['count'] = session.get('count', 0) + 1
+return '%s %s' % (session['count'], session.getContainerKey())
+''')
+
+
+class MemcachedPoolNodeDiesTests(StoreErrorTestCase):
+    """A dead node of a pool costs the sessions it held, not the site.
+
+    python-memcached hashes the keys of a server it cannot reach to the
+    others (and tries it again 30 seconds later): the visitors whose
+    sessions were on the dead node get a new, empty session; the others
+    keep theirs.  With every node dead, pages that need a session get 503.
+    """
+
+    def holder(self, pool, session_id):
+        """The index of the server holding ``session_id``."""
+        import memcache
+        for index, server in enumerate(pool):
+            client = memcache.Client([server.address])
+            try:
+                if client.get('%s_session' % session_id) is not None:
+                    return index
+            finally:
+                client.disconnect_all()
+        return None
+
+    def test_node_dies(self):
+        pool = [servers.MemcachedServer().start() for _ in range(2)]
+        for server in pool:
+            self.addCleanup(server.cleanup)
+        self.use({'session.type': 'ext:memcached',
+                  'session.url': servers.memcached_url(pool)})
+        self.addCounter()
+        self.addScript('untouched', "return 'no session'")
+        visitors = {0: [], 1: []}
+        for _ in range(40):
+            browser = self.browser()
+            session_id = self.get(browser, '/count').split()[1]
+            visitors[self.holder(pool, session_id)].append(
+                (browser, session_id))
+            if visitors[0] and visitors[1]:
+                break
+        self.assertTrue(visitors[0] and visitors[1], visitors)
+
+        pool[0].kill()
+        for browser, session_id in visitors[0]:
+            count, new_id = self.get(browser, '/count').split()
+            self.assertEqual(count, '1')
+            self.assertNotEqual(new_id, session_id)
+            self.assertEqual(self.get(browser, '/count').split(),
+                             ['2', new_id])
+        for browser, session_id in visitors[1]:
+            self.assertEqual(self.get(browser, '/count').split(),
+                             ['2', session_id])
+
+        pool[1].kill()
+        browser = visitors[1][0][0]
+        with self.assertLogs(LOGGER, logging.ERROR):
+            self.get(browser, '/count', status=503)
+        self.assertEqual(self.get(browser, '/untouched'), 'no session')
+
+
+class UnreachableStoreTests(StoreErrorTestCase):
+    """A store that does not answer: a warning at start-up naming it and
+    ``session.url``, then 503 (never a traceback) where a session is
+    needed, while the other pages work."""
+
+    def assertUnreachable(self, settings):
+        configuration = self.use(settings)
+        with self.assertLogs(LOGGER, logging.WARNING) as logs:
+            problem = config.check_store(configuration)
+        self.assertTrue(problem)
+        self.assertEqual(len(logs.records), 1)
+        warning = logs.records[0].getMessage()
+        self.assertIn(settings['session.type'], warning)
+        self.assertIn('(session.url)', warning)
+        self.assertIn('503', warning)
+
+        self.addCounter()
+        self.addScript('untouched', "return 'no session'")
+        browser = self.browser()
+        with self.assertLogs(LOGGER, logging.ERROR) as logs:
+            response = browser.get('/count', status=503)
+        self.assertNotIn('Traceback', response.text)
+        self.assertIn('(session.url)', logs.records[0].getMessage())
+        self.assertEqual(self.get(browser, '/untouched'), 'no session')
+
+    def test_redis_on_a_closed_port(self):
+        self.assertUnreachable({
+            'session.type': 'ext:redis',
+            'session.url': 'redis://127.0.0.1:%d/0' % servers.free_port()})
+
+    def test_memcached_on_a_closed_port(self):
+        self.assertUnreachable({
+            'session.type': 'ext:memcached',
+            'session.url': '127.0.0.1:%d' % servers.free_port()})
+
+    def test_postgresql_database_that_does_not_exist(self):
+        url = servers.postgresql_url().rsplit('/', 1)[0] + '/no_such_db'
+        self.assertUnreachable({'session.type': 'ext:database',
+                                'session.url': url})
+
+    def test_reachable_store_gives_no_warning(self):
+        settings, cleanup = stores.make_store('redis')
+        self.addCleanup(cleanup)
+        self.assertIsNone(config.check_store(self.use(settings)))
+
+
+class StoreConfigurationTests(unittest.TestCase):
+    """Mistakes in the store options stop start-up, naming the option."""
+
+    def tearDown(self):
+        config.reset()
+
+    def configure(self, **options):
+        settings = {'session.secret': secrets.token_hex(20)}
+        settings.update({'session.' + name: value
+                         for name, value in options.items()})
+        return config.configure(settings)
+
+    def assertRejected(self, option, text, **options):
+        with self.assertRaises(ConfigurationError) as caught:
+            self.configure(**options)
+        message = str(caught.exception)
+        self.assertTrue(message.startswith(option + ':'), message)
+        self.assertIn(text, message)
+
+    def test_url_is_required(self):
+        for store_type in ('ext:redis', 'ext:rediscluster', 'ext:memcached',
+                           'ext:database', 'ext:sqla'):
+            self.assertRejected('session.url', store_type, type=store_type)
+
+    def test_rediscluster_takes_url_or_urls(self):
+        urls = 'redis://127.0.0.1:7000,redis://127.0.0.1:7001'
+        for option in ('url', 'urls'):
+            store = self.configure(type='ext:rediscluster',
+                                   **{option: urls}).store
+            self.assertEqual(store.namespace_args['urls'], urls)
+            self.assertNotIn('url', store.namespace_args)
+        self.assertRejected('session.urls', 'not in both',
+                            type='ext:rediscluster', url=urls, urls=urls)
+        self.assertRejected('session.url', 'only database 0',
+                            type='ext:rediscluster',
+                            url='redis://127.0.0.1:7000/3')
+
+    def test_bad_urls(self):
+        self.assertRejected('session.url', 'redis://',
+                            type='ext:redis', url='127.0.0.1:6379')
+        self.assertRejected('session.url', 'SQLAlchemy URL',
+                            type='ext:database', url='not a url')
+        self.assertRejected('session.url', 'in-memory SQLite',
+                            type='ext:sqla', url='sqlite://')
+
+    def test_missing_database_driver_names_the_extra(self):
+        self.assertRejected('session.url', 'driver',
+                            type='ext:database', url='mysql://db/sessions')
+
+    def test_memcached_client_module(self):
+        store = self.configure(type='ext:memcached',
+                               url='127.0.0.1:11211').store
+        self.assertEqual(store.namespace_args['memcache_module'], 'memcache')
+        self.assertRejected('session.memcache_module', 'python-memcached',
+                            type='ext:memcached', url='127.0.0.1:11211',
+                            memcache_module='bmemcached')
+
+    def test_store_names_its_option(self):
+        self.assertEqual(
+            self.configure(type='ext:redis',
+                           url='redis://:pw@127.0.0.1:1/0').store.name,
+            'ext:redis session store at redis://***@127.0.0.1:1/0 '
+            '(session.url)')
+        self.assertEqual(self.configure(type='memory').store.name,
+                         'memory session store')
+        data_dir = os.path.join(os.sep, 'tmp', 'sessions')
+        self.assertEqual(
+            self.configure(data_dir=data_dir).store.name,
+            'file session store at %s (session.data_dir)' % data_dir)
