@@ -119,7 +119,7 @@ coverage: $(VENV)/.installed
 
 # --- benchmark ------------------------------------------------------------
 
-# Writes benchmarks/results/latest.{json,png,rst}; takes about 25 minutes.
+# Writes benchmarks/results/latest.{json,png,rst}; takes about 30 minutes.
 bench: $(VENVBENCH)/.installed
 	$(VENVBENCH)/bin/python benchmarks/bench.py $(BENCH_ARGS)
 

@@ -4,9 +4,10 @@ and no session at all.
 ``make bench`` (or ``.venv-bench/bin/python benchmarks/bench.py``) starts one
 real Zope instance per target (mkwsgiinstance + runwsgi on 127.0.0.1), sets
 each up over the ZMI as a site manager would, and drives them in turn from a
-separate load-generator process (loadgen.py), interleaving the targets
-(A B C ... A B C ...) so that a noisy neighbour hurts them all alike.
-Results go to benchmarks/results/NAME.json and NAME.png.
+separate load-generator process (loadgen.py).  Every target runs between
+two windows of ``nosession`` (N A N B N ...), and is compared with those,
+so that a noisy neighbour or a slower host hurts both sides alike.
+Results go to benchmarks/results/NAME.json, NAME.rst and NAME.png.
 
 Targets: ``nosession`` (the same scripts with a plain dict for a session:
 the limit), ``stock`` (Products.Sessions + Transience in a temporary storage
@@ -345,9 +346,23 @@ def drop_table(url, table):
         engine.dispose()
 
 
+def relative(run, runs):
+    """A run's requests/s over the mean of the ``nosession`` windows just
+    before and after it."""
+    if run['target'] == 'nosession':
+        return 1.0
+    around = [other['rps'] for other in runs
+              if other['target'] == 'nosession'
+              and abs(other['slot'] - run['slot']) == 1
+              and all(other[key] == run[key] for key in (
+                  'concurrency', 'workload', 'repetition'))]
+    return run['rps'] / statistics.mean(around) if around else None
+
+
 def summarize(runs, targets):
-    """Medians over the repetitions, and ratios of paired runs (the same
-    repetition) against ``nosession`` and ``stock``."""
+    """Medians over the repetitions; ratios to ``nosession`` from each
+    run and its neighbouring no-session windows, and to ``stock`` and
+    ``mcdutils`` as ratios of those."""
     summary = {}
     keys = sorted({(run['concurrency'], run['workload']) for run in runs},
                   key=lambda key: (key[0], WORKLOADS.index(key[1])))
@@ -359,7 +374,7 @@ def summarize(runs, targets):
             mine = [run for run in these if run['target'] == target]
             if not mine:
                 continue
-            entry = {'repetitions': len(mine)}
+            entry = {'windows': len(mine)}
             for key in ('rps', 'p50_ms', 'p95_ms', 'p99_ms',
                         'zope_cpu_ms_per_request',
                         'store_cpu_ms_per_request',
@@ -376,17 +391,18 @@ def summarize(runs, targets):
                     run.get('lost_writes', 0) for run in mine)
                 entry['acknowledged_writes'] = sum(
                     run.get('acknowledged_writes', 0) for run in mine)
-            for baseline in ('nosession', 'stock', 'mcdutils'):
-                ratios = []
-                for run in mine:
-                    base = [other for other in these
-                            if other['target'] == baseline
-                            and other['repetition'] == run['repetition']]
-                    if base and base[0]['rps']:
-                        ratios.append(run['rps'] / base[0]['rps'])
-                if ratios:
-                    entry['vs_' + baseline] = statistics.median(ratios)
+            ratios = [ratio for ratio in (relative(run, these)
+                                          for run in mine)
+                      if ratio is not None]
+            if ratios:
+                entry['vs_nosession'] = statistics.median(ratios)
+                entry['vs_nosession_runs'] = ratios
             by_target[target] = entry
+        for entry in by_target.values():
+            for baseline in ('stock', 'mcdutils'):
+                base = by_target.get(baseline, {}).get('vs_nosession')
+                if base and 'vs_nosession' in entry:
+                    entry['vs_' + baseline] = entry['vs_nosession'] / base
         summary.setdefault(str(concurrency), {})[workload] = by_target
     return summary
 
@@ -396,7 +412,8 @@ def table(results):
     lines = []
     for concurrency, workloads in results['summary'].items():
         lines += ['C=%s, %s threads, %s s windows, medians of %s '
-                  'interleaved runs' % (
+                  'repetitions; x nosession: against the no-session windows '
+                  'just before and after' % (
                       concurrency, results['settings']['threads'],
                       results['settings']['duration'],
                       results['settings']['repetitions']), '']
@@ -404,8 +421,10 @@ def table(results):
                   'p50 ms', 'p95 ms', 'p99 ms', 'non-200', 'conflicts',
                   'lost writes', 'Zope CPU ms/req', 'store CPU ms/req')
         rows = []
-        for workload, targets in workloads.items():
-            for target, entry in targets.items():
+        for workload in WORKLOADS:
+            targets = workloads.get(workload, {})
+            for target in [name for name in TARGETS if name in targets]:
+                entry = targets[target]
                 lost = entry.get('lost_writes')
                 if lost is not None:
                     lost = '%d of %d' % (lost, entry['acknowledged_writes'])
@@ -449,7 +468,7 @@ def chart(results, path):
     for row, workload in enumerate(workloads):
         axes = figure.add_subplot(grid[row, 0])
         entries = summary[concurrency][workload]
-        names = list(entries)
+        names = [name for name in TARGETS if name in entries]
         rps = [entries[n]['rps'] for n in names]
         low = [entries[n]['rps'] - entries[n]['rps_min'] for n in names]
         high = [entries[n]['rps_max'] - entries[n]['rps'] for n in names]
@@ -470,12 +489,13 @@ def chart(results, path):
                 note.append('%d lost' % entry['lost_writes'])
             if entry['non_200']:
                 note.append('%d non-200' % entry['non_200'])
+            # Above the error bar, where the text does not cross it.
             axes.annotate('\n'.join(note), (bar.get_x() + bar.get_width() / 2,
-                                            bar.get_height()),
+                                            entry['rps_max']),
                           ha='center', va='bottom', fontsize=8,
-                          xytext=(0, 4), textcoords='offset points')
+                          xytext=(0, 3), textcoords='offset points')
         axes.set_ylabel('requests/s')
-        axes.set_ylim(0, max(rps) * 1.3)
+        axes.set_ylim(0, max(entries[n]['rps_max'] for n in names) * 1.35)
         axes.set_title('%s (C=%s)' % (WORKLOAD_TITLES[workload], concurrency),
                        fontsize=10, loc='left')
         axes.tick_params(axis='x', labelsize=8)
@@ -483,9 +503,10 @@ def chart(results, path):
     info.axis('off')
     info.text(0, 1, machine_text(results), va='top', fontsize=8,
               family='monospace')
-    figure.suptitle('Zope sessions: median requests/s of %d interleaved runs '
-                    '(x = ratio to no session; bars: min-max)'
-                    % results['settings']['repetitions'], fontsize=11)
+    figure.suptitle(
+        'Zope sessions: median requests/s over %d repetitions (bars: min-max);'
+        ' x = median ratio to the no-session windows run just before and '
+        'after' % results['settings']['repetitions'], fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -515,18 +536,27 @@ def machine_text(results):
 
 
 def measure(args, running):
-    """The windows, targets interleaved; a list of loadgen results."""
+    """The windows; a list of loadgen results.
+
+    Every other target runs between two windows of ``nosession``
+    (N A N B N C ... N), so that each is compared with the no-session
+    throughput of the same minute; the order of the others rotates from
+    one repetition to the next.
+    """
+    baseline, others = running[0], running[1:]
     runs = []
     windows = (len(args.concurrency) * len(args.workloads) * args.reps
-               * len(running))
+               * (2 * len(others) + 1))
     print('%d windows of %ss + %ss warm-up' % (
         windows, args.duration, args.warmup), flush=True)
     for concurrency in args.concurrency:
         for workload in args.workloads:
             for repetition in range(args.reps):
-                # Rotate the order so that no target always comes first.
-                shift = repetition % len(running)
-                for target in running[shift:] + running[:shift]:
+                shift = repetition % max(1, len(others))
+                sequence = [baseline]
+                for target in others[shift:] + others[:shift]:
+                    sequence += [target, baseline]
+                for slot, target in enumerate(sequence):
                     load_before = os.getloadavg()
                     result = load_window({
                         'url': target.instance.url(),
@@ -542,7 +572,8 @@ def measure(args, running):
                     result.update(
                         target=target.name, workload=workload,
                         concurrency=concurrency, repetition=repetition,
-                        load_before=load_before, load_after=os.getloadavg())
+                        slot=slot, load_before=load_before,
+                        load_after=os.getloadavg())
                     runs.append(result)
                     print(progress(result), flush=True)
     return runs
@@ -623,10 +654,10 @@ def main(argv=None):
                         help='virtual browsers (cookie jars), default 64')
     parser.add_argument('--threads', type=int, default=4,
                         help='waitress threads per instance, default 4')
-    parser.add_argument('--duration', type=float, default=10,
-                        help='measured seconds per window, default 10')
-    parser.add_argument('--warmup', type=float, default=3,
-                        help='seconds before each window, default 3')
+    parser.add_argument('--duration', type=float, default=6,
+                        help='measured seconds per window, default 6')
+    parser.add_argument('--warmup', type=float, default=2,
+                        help='seconds before each window, default 2')
     parser.add_argument('--reps', type=int, default=3,
                         help='interleaved repetitions, default 3')
     parser.add_argument('--name', help='results/NAME.json and NAME.png '
@@ -640,9 +671,10 @@ def main(argv=None):
         base = os.path.splitext(args.redraw)[0]
     else:
         if args.quick:
-            args.duration, args.warmup, args.reps = 3, 1, 1
-        if 'nosession' not in args.targets:
-            args.targets.insert(0, 'nosession')
+            args.duration, args.warmup, args.reps = 2, 1, 1
+        # The baseline comes first: measure() puts it between the others.
+        args.targets = ['nosession'] + [
+            name for name in args.targets if name != 'nosession']
         for tool, needed_by in (('redis-server', {'redis'}),
                                 ('memcached', {'memcached', 'mcdutils'})):
             if needed_by & set(args.targets) and not shutil.which(tool):

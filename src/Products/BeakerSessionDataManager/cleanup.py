@@ -272,10 +272,6 @@ class Report:
         counts = self.removed if removed else self.kept
         counts[kind] = counts.get(kind, 0) + 1
 
-    @property
-    def removed_count(self):
-        return sum(self.removed.values())
-
     def summary(self):
         return {'time': time.time(), 'seconds': self.seconds,
                 'removed': self.removed, 'kept': self.kept,

@@ -124,8 +124,11 @@ class ISessionStore(Interface):
         o ``apply(record_or_None)`` returns the new record, or None to
           delete it.
 
-        o Runs under the store's lock for ``session_id`` so that concurrent
-          writers of one session do not lose each other's changes.
+        o Runs under the store's lock for ``session_id``, or as a
+          compare-and-set that calls ``apply`` again on the newer record
+          when another writer came first, so that concurrent writers of
+          one session do not lose each other's changes: ``apply`` must
+          have no other effect than its result.
         """
 
     def delete(session_id):

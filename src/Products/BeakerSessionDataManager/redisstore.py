@@ -122,7 +122,7 @@ class RedisStore(BeakerStore):
         else:
             expected = self._execute('GET', key)
         ttl = int(self.ttl) if self.ttl else ''
-        for attempt in range(MAX_ATTEMPTS):
+        for _ in range(MAX_ATTEMPTS):
             record = apply(self._record(expected))
             value = b'' if record is None else pickle.dumps(
                 self.encode(record))

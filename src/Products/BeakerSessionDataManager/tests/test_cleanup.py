@@ -4,6 +4,7 @@ Sessions are written through the product's own store (``merge``); "time
 passes" by setting their ``_accessed_time`` and the time their file or row
 was written into the past, as an hour without visits would.
 """
+import fcntl
 import os
 import secrets
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager import status
+from Products.BeakerSessionDataManager.cleanup import MAX_ERRORS_IN_A_ROW
 from Products.BeakerSessionDataManager.cleanup import SESSION_FILE
 from Products.BeakerSessionDataManager.cleanup import Cleanup
 from Products.BeakerSessionDataManager.cleanup import layout_for
@@ -331,3 +333,105 @@ def test_concurrent_writer_loses_nothing(configuration, settings,
         # lets one writer at a time in, and may keep ours waiting until
         # the cleanup is done.)
         assert 'live session' in out
+
+
+def file_configuration(tmp_path):
+    settings, _ = store_settings('file', tmp_path)
+    return config.SessionConfiguration(settings, source='test')
+
+
+def old_file(path):
+    """A file at ``path``, last written long ago."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write('left behind')
+    os.utime(path, (LONG_AGO, LONG_AGO))
+    return path
+
+
+def lock_path(layout, name):
+    """Where Beaker's FileSynchronizer puts the lock file ``name``."""
+    return os.path.join(layout.lock_dir, name[0], name[:2], name + '.lock')
+
+
+def test_a_store_never_written_to(tmp_path):
+    """The cleanup may run before the site's first session."""
+    configuration = file_configuration(tmp_path)
+    report = clean(configuration)
+    assert (report.examined, report.removed, report.errors) == (0, {}, 0)
+    assert status.last_cleanup(configuration) is not None
+
+
+def test_leftovers_of_dead_writers(tmp_path):
+    """Half-written temp files and unused lock files go once they are old;
+    a lock somebody holds stays, however old."""
+    configuration = file_configuration(tmp_path)
+    live = new_ids(1)
+    write(configuration, live, time.time())
+    layout = layout_for(configuration)
+    session_dir = os.path.dirname(next(walk(layout.root)).path)
+    old_temp = old_file(os.path.join(
+        session_dir, new_ids(1)[0] + '.cache.temp'))
+    new_temp = os.path.join(session_dir, new_ids(1)[0] + '.cache.temp')
+    with open(new_temp, 'w') as f:
+        f.write('being written')
+    unused = old_file(lock_path(layout, 'a' * 40))
+    held = old_file(lock_path(layout, 'b' * 40))
+
+    report = clean(configuration, dry_run=True)
+    assert report.leftovers == 3  # a dry run does not try the locks
+    assert all(map(os.path.exists, (old_temp, unused, held)))
+
+    with open(held) as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        report = clean(configuration)
+    assert report.leftovers == 2
+    assert not os.path.exists(old_temp) and not os.path.exists(unused)
+    assert os.path.exists(held) and os.path.exists(new_temp)
+    assert stored(configuration) == set(live)
+
+
+def test_a_session_that_cannot_be_cleaned(tmp_path):
+    """One bad session is counted and reported; the others are cleaned."""
+    configuration = file_configuration(tmp_path)
+    broken, old = new_ids(1), expired(configuration, 2)
+    write(configuration, broken, LONG_AGO)
+    backdate(configuration, broken)
+    # Its lock file cannot be opened.
+    layout = layout_for(configuration)
+    lock = lock_path(layout, lock_name(broken[0]))
+    if os.path.exists(lock):
+        os.remove(lock)
+    os.makedirs(lock)
+
+    report = clean(configuration)
+
+    assert report.removed == {'expired': 2}
+    assert report.removed_ids == set(old)
+    assert report.errors == 1
+    assert report.first_error.startswith(broken[0] + ': IsADirectoryError')
+    assert stored(configuration) == set(broken)
+
+
+def test_a_store_that_fails_every_session_gives_up(tmp_path):
+    configuration = file_configuration(tmp_path)
+    broken = expired(configuration, MAX_ERRORS_IN_A_ROW + 5)
+    layout = layout_for(configuration)
+    for session_id in broken:
+        lock = lock_path(layout, lock_name(session_id))
+        if os.path.exists(lock):
+            os.remove(lock)
+        os.makedirs(lock)
+    with pytest.raises(IsADirectoryError):
+        clean(configuration)
+    assert stored(configuration) == set(broken)
+
+
+@pytest.mark.parametrize('options', [
+    {'session.type': 'memory'},
+    {'session.type': 'ext:redis', 'session.url': 'redis://127.0.0.1:1/0'},
+])
+def test_no_last_cleanup_where_records_expire_by_themselves(options):
+    configuration = config.SessionConfiguration(
+        dict(options, **{'session.secret': SECRET}), source='test')
+    assert status.last_cleanup(configuration) is None

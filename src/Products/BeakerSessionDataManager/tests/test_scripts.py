@@ -2,6 +2,7 @@
 installed (the entry point script in a subprocess), and, where only its
 answers matter, called in this process, which starts faster."""
 import os
+import pty
 import subprocess
 import sys
 import textwrap
@@ -10,12 +11,18 @@ import time
 import pytest
 
 from Products.BeakerSessionDataManager import config
+from Products.BeakerSessionDataManager.cleanup import layout_for
+from Products.BeakerSessionDataManager.cleanup import lock_name
+from Products.BeakerSessionDataManager.scripts import Progress
 from Products.BeakerSessionDataManager.scripts import main
 from Products.BeakerSessionDataManager.scripts import read_zope_conf
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests.test_cleanup import SECRET
+from Products.BeakerSessionDataManager.tests.test_cleanup import backdate
 from Products.BeakerSessionDataManager.tests.test_cleanup import expired
+from Products.BeakerSessionDataManager.tests.test_cleanup import lock_path
 from Products.BeakerSessionDataManager.tests.test_cleanup import new_ids
+from Products.BeakerSessionDataManager.tests.test_cleanup import old_file
 from Products.BeakerSessionDataManager.tests.test_cleanup import stored
 from Products.BeakerSessionDataManager.tests.test_cleanup import write
 
@@ -285,3 +292,93 @@ def test_cleanup_unreachable_store(call):
     assert 'FAILED: cannot clean up the ext:database session store' \
         in result.stderr
     assert 'OperationalError' in result.stderr
+
+
+def test_cleanup_reports_what_it_kept(call, tmp_path):
+    """Every kind of record kept is named, and a session that could not be
+    cleaned makes the run fail."""
+    data_dir = tmp_path / 'data'
+    options = ['-o', 'type=file', '-o', 'data_dir=%s' % data_dir,
+               '-o', 'timeout=60']
+    configuration = config.SessionConfiguration({
+        'session.type': 'file', 'session.data_dir': str(data_dir),
+        'session.timeout': '60', 'session.secret': SECRET})
+    old = expired(configuration, 2)
+    layout = layout_for(configuration)
+    broken = new_ids(1)
+    write(configuration, broken, 0)
+    backdate(configuration, broken)
+    lock = lock_path(layout, lock_name(broken[0]))
+    if os.path.exists(lock):
+        os.remove(lock)
+    os.makedirs(lock)
+    old_file(lock_path(layout, 'a' * 40))
+
+    # Read as JSON, the pickled sessions are unreadable, and kept.
+    result = call('cleanup', *options, '-o', 'data_serializer=json',
+                  '--grace', '30', '--progress')
+    assert result.returncode == 1
+    assert result.stdout.startswith('Removed nothing from the file session')
+    assert result.stdout.splitlines()[1:] == [
+        'Kept 2 unreadable records.',
+        'Unreadable records are kept: check session.encrypt_key, '
+        'session.validate_key and session.data_serializer, or remove them '
+        'with --remove-unreadable.',
+        'Removed 1 stale lock or temporary files.']
+    assert '0 of 3 sessions examined (0%)\n' in result.stderr
+    assert '3 of 3 sessions examined (100%)\n' in result.stderr
+    assert ('beaker-sessions: FAILED: 1 sessions could not be cleaned up; '
+            'the first: %s: IsADirectoryError' % broken[0]) in result.stderr
+
+    result = call('cleanup', *options, '-n')
+    assert result.returncode == 1
+    assert result.stdout.startswith(
+        'Would remove 2 expired sessions from the file session store')
+    assert stored(configuration) == set(old + broken)
+
+
+def test_unusable_data_dir(call, tmp_path):
+    """A store that cannot be made fails with one line, no traceback."""
+    (tmp_path / 'file').write_text('')
+    options = ['-o', 'type=file', '-o', 'secret=' + SECRET,
+               '-o', 'data_dir=%s' % (tmp_path / 'file' / 'sessions')]
+    for command in ('cleanup', 'check'):
+        result = call(command, *options)
+        assert result.returncode == 1
+        assert result.stderr.startswith(
+            'beaker-sessions: FAILED: NotADirectoryError: ')
+        assert 'Traceback' not in result.stderr
+
+
+def test_check_unreachable_redis(call):
+    result = call('check', '-o', 'type=ext:redis', '-o',
+                  'url=redis://127.0.0.1:1/0', '-o', 'secret=' + SECRET)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        'beaker-sessions: FAILED: ext:redis session store at '
+        'redis://127.0.0.1:1/0 (session.url): ')
+    assert result.stdout.startswith('Configuration from command line: valid')
+
+
+def test_check_memory(call):
+    result = call('check', '-o', 'type=memory', '-o', 'secret=' + SECRET)
+    assert result.returncode == 0, result.stderr
+    assert 'OK: ' in result.stdout
+    assert 'Note: the memory store lives inside each process' \
+        in result.stdout
+
+
+def test_progress_on_a_terminal():
+    """On a terminal the progress is one line, rewritten at each percent
+    and ended when the cleanup ends."""
+    controller, terminal = pty.openpty()
+    with open(terminal, 'w') as stream, open(controller, 'rb',
+                                             buffering=0) as screen:
+        progress = Progress(stream, shown=True)
+        for done in (0, 1, 1, 2):
+            progress(done, 200)
+        progress.end()
+        shown = screen.read(4096).decode()
+    assert shown.replace('\r\n', '\n') == (
+        '\r0 of 200 sessions examined (0%)'
+        '\r2 of 200 sessions examined (1%)\n')

@@ -7,6 +7,7 @@ import unittest
 from beaker.cache import clsmap
 from beaker.session import Session
 
+from Products.BeakerSessionDataManager.store import UNREADABLE
 from Products.BeakerSessionDataManager.store import BeakerStore
 
 
@@ -92,3 +93,38 @@ class DBMStoreTests(StoreTests):
 
 class MemoryStoreTests(StoreTests):
     store_type = 'memory'
+
+
+class RemoveIfTests(unittest.TestCase):
+    """``remove_if``, which the cleanup uses, on what it may find."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.store = BeakerStore(
+            clsmap['file'], {'lock_dir': self.tmp + '/lock'},
+            data_dir=self.tmp + '/data')
+        self.seen = []
+
+    def condition(self, record, written):
+        self.seen.append(record)
+        return True
+
+    def test_a_session_never_written(self):
+        self.assertFalse(self.store.remove_if(SESSION_ID, self.condition))
+        self.assertEqual(self.seen, [])
+
+    def test_a_file_beaker_cannot_unpickle(self):
+        self.store.merge(SESSION_ID, lambda old: {'a': 1})
+        path = self.store._namespace(SESSION_ID).file
+        with open(path, 'wb') as f:
+            f.write(b'not a pickle')
+        self.assertTrue(self.store.remove_if(SESSION_ID, self.condition))
+        self.assertEqual(self.seen, [UNREADABLE])
+        self.assertEqual(repr(self.seen[0]), 'UNREADABLE')
+        self.assertIsNone(self.store.load(SESSION_ID))
+
+    def test_stores_without_a_record_per_file_or_row(self):
+        memory = BeakerStore(clsmap['memory'], {})
+        with self.assertRaises(TypeError):
+            memory.remove_if(SESSION_ID, self.condition)
