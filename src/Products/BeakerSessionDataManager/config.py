@@ -34,7 +34,7 @@ PLACEHOLDER_SECRETS = frozenset([
 ])
 SECRET_OPTIONS = ('secret', 'encrypt_key', 'validate_key')
 SAMESITE_VALUES = {'lax': 'Lax', 'strict': 'Strict', 'none': 'None'}
-# Stores on the network, which start-up checks (check_store).
+# Stores on the network, which start-up checks (warn_if_unreachable).
 NETWORK_TYPES = ('ext:redis', 'ext:rediscluster', 'ext:memcached',
                  'ext:database', 'ext:sqla')
 PROBE_SESSION_ID = '0' * 32
@@ -318,11 +318,11 @@ def configure_from_zope_conf():
         return None
     var_dir = getattr(zope_config, 'clienthome', None)
     configuration = configure(settings, source='zope.conf', var_dir=var_dir)
-    check_store(configuration)
+    warn_if_unreachable(configuration)
     return configuration
 
 
-def check_store(configuration, timeout=PROBE_TIMEOUT):
+def warn_if_unreachable(configuration, timeout=PROBE_TIMEOUT):
     """Read a made-up session from a store on the network, once.
 
     A store that does not answer is worth a warning at start-up, not a

@@ -1,5 +1,6 @@
 """Test layers and a WSGI test client for Products.BeakerSessionDataManager."""
 
+import io
 import logging
 import os
 import secrets
@@ -247,3 +248,27 @@ def browser(**kw):
     """
     kw.setdefault('extra_environ', {'HTTP_HOST': 'nohost'})
     return webtest.TestApp(ZopeWSGIApp(), **kw)
+
+
+def publish_raw_cookie(app, path, header):
+    """GET ``path`` through ``app`` (a `ZopeWSGIApp`) with the raw
+    ``Cookie`` header ``header`` (bytes), as a WSGI server hands it over.
+
+    WebTest's cookie jar re-encodes or refuses what a hostile client may
+    send; this does not.  Returns the status line, the response headers and
+    the body as text.
+    """
+    environ = {
+        'REQUEST_METHOD': 'GET', 'PATH_INFO': path,
+        'QUERY_STRING': '', 'SERVER_NAME': 'nohost', 'SERVER_PORT': '80',
+        'SERVER_PROTOCOL': 'HTTP/1.1', 'HTTP_HOST': 'nohost',
+        'wsgi.url_scheme': 'http', 'wsgi.input': io.BytesIO(),
+        'wsgi.errors': io.StringIO(),
+        'HTTP_COOKIE': header.decode('latin-1'),
+    }
+    started = []
+    body = b''.join(app(
+        environ, lambda status, headers, exc_info=None: started.append(
+            (status, headers))))
+    [(status, headers)] = started
+    return status, headers, body.decode('utf-8', 'replace')

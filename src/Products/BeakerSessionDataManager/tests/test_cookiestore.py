@@ -3,7 +3,6 @@
 Through Zope's WSGI publisher, with the code under test in Python Scripts,
 and against Beaker's own SessionMiddleware for the cookie format.
 """
-import io
 import secrets
 import time
 import unittest
@@ -355,21 +354,11 @@ class HostileCookieTests(CookieStoreTestCase):
             browser.get('/set_value', params={'key': 'x', 'value': '1'}))
 
     def publish(self, header):
-        """GET /show_keys with the raw Cookie header ``header`` (bytes), as
-        a WSGI server hands it over; the status and the body."""
-        environ = {
-            'REQUEST_METHOD': 'GET', 'PATH_INFO': '/show_keys',
-            'QUERY_STRING': '', 'SERVER_NAME': 'nohost', 'SERVER_PORT': '80',
-            'SERVER_PROTOCOL': 'HTTP/1.1', 'HTTP_HOST': 'nohost',
-            'wsgi.url_scheme': 'http', 'wsgi.input': io.BytesIO(),
-            'wsgi.errors': io.StringIO(),
-            'HTTP_COOKIE': header.decode('latin-1'),
-        }
-        started = []
-        body = b''.join(self.app(
-            environ, lambda status, headers, exc_info=None: started.append(
-                status)))
-        return started[0], body.decode('utf-8', 'replace')
+        """GET /show_keys with the raw Cookie header ``header`` (bytes);
+        the status and the body."""
+        status, _, body = testing.publish_raw_cookie(
+            self.app, '/show_keys', header)
+        return status, body
 
     @HOSTILE
     @given(st.binary(max_size=300))

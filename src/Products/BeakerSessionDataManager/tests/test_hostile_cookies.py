@@ -11,7 +11,6 @@ malformed headers reach Zope unchanged.
 How many cookies were tried is printed at the end of the test run
 (``conftest.py``).
 """
-import io
 import time
 import unittest
 
@@ -26,6 +25,7 @@ from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager.testing import \
     BEAKER_SESSIONS_FUNCTIONAL_TESTING
 from Products.BeakerSessionDataManager.testing import ZopeWSGIApp
+from Products.BeakerSessionDataManager.testing import publish_raw_cookie
 from Products.BeakerSessionDataManager.tests.servers import in_ci
 from Products.BeakerSessionDataManager.tests.test_manager import COUNTER
 from Products.BeakerSessionDataManager.tests.test_manager import add_script
@@ -76,25 +76,15 @@ class HostileCookieTests(unittest.TestCase):
         Returns the status, the session cookie sent, if any, and the body.
         """
         if isinstance(header, str):
-            header = header.encode('utf-8')
-        environ = {
-            'REQUEST_METHOD': 'GET', 'PATH_INFO': '/counter',
-            'QUERY_STRING': '', 'SERVER_NAME': 'nohost', 'SERVER_PORT': '80',
-            'SERVER_PROTOCOL': 'HTTP/1.1', 'HTTP_HOST': 'nohost',
-            'wsgi.url_scheme': 'http', 'wsgi.input': io.BytesIO(),
-            'wsgi.errors': io.StringIO(),
-            'HTTP_COOKIE': header.decode('latin-1'),
-        }
-        started = []
-        body = b''.join(self.app(
-            environ, lambda status, headers, exc_info=None: started.append(
-                (status, headers))))
-        [(status, headers)] = started
+            # Lone surrogates, too, become bytes a client could send.
+            header = header.encode('utf-8', 'surrogatepass')
+        status, headers, body = publish_raw_cookie(
+            self.app, '/counter', header)
         status = int(status.split()[0])
         sent = [value.split(';')[0][len(COOKIE) + 1:]
                 for name, value in headers if name.lower() == 'set-cookie'
                 and value.startswith(COOKIE + '=')]
-        return status, sent, body.decode('utf-8', 'replace')
+        return status, sent, body
 
     def new_session(self):
         """A real session's signed cookie value."""

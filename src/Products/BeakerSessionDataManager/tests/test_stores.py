@@ -375,7 +375,7 @@ class UnreachableStoreTests(StoreErrorTestCase):
     def assertUnreachable(self, settings):
         configuration = self.use(settings)
         with self.assertLogs(LOGGER, logging.WARNING) as logs:
-            problem = config.check_store(configuration)
+            problem = config.warn_if_unreachable(configuration)
         self.assertTrue(problem)
         self.assertEqual(len(logs.records), 1)
         warning = logs.records[0].getMessage()
@@ -410,7 +410,7 @@ class UnreachableStoreTests(StoreErrorTestCase):
     def test_reachable_store_gives_no_warning(self):
         settings, cleanup = stores.make_store('redis')
         self.addCleanup(cleanup)
-        self.assertIsNone(config.check_store(self.use(settings)))
+        self.assertIsNone(config.warn_if_unreachable(self.use(settings)))
 
 
 class StoreConfigurationTests(unittest.TestCase):
