@@ -49,7 +49,7 @@ SESSION_OPTIONS = frozenset([
     'samesite', 'data_serializer', 'encrypt_key', 'validate_key',
     'encrypt_nonce_bits', 'crypto_type', 'save_accessed_time',
     'invalidate_corrupt', 'auto', 'id', 'use_cookies', 'webtest_varname',
-    'log_file', 'write_granularity',
+    'log_file', 'write_granularity', 'client_cache_size',
 ])
 DEFAULTS = {
     'type': 'file',
@@ -168,12 +168,21 @@ class SessionConfiguration:
                 check_secret(options.get(name), name)
             aes_module(options, 'session.encrypt_key')
         store_class = BeakerStore
+        extra = {}
         if self.type == 'ext:redis':
-            # Beaker's records, one round trip per read or write.
+            # Beaker's records, read from a cache Redis keeps coherent.
+            from .redisstore import DEFAULT_CACHE_SIZE
             from .redisstore import RedisStore as store_class
+            extra['client_cache_size'] = options.get(
+                'client_cache_size', DEFAULT_CACHE_SIZE)
+        elif 'client_cache_size' in self.given:
+            raise ConfigurationError(
+                'session.client_cache_size: only session.type ext:redis '
+                'has a client cache, not %s.' % self.type)
         return store_class(
             namespace_class,
             namespace_args,
+            **extra,
             data_dir=options.get('data_dir'),
             serializer=options['data_serializer'],
             timeout=self.timeout,
@@ -249,7 +258,7 @@ def coerce_option(name, value):
     if isinstance(value, str):
         value = value.strip()
     try:
-        if name == 'write_granularity' or name == 'timeout':
+        if name in ('write_granularity', 'timeout', 'client_cache_size'):
             value = int(value) if value not in (None, '') else 0
             if value < 0:
                 raise ValueError('must not be negative')

@@ -1,31 +1,28 @@
-"""Session records in Redis, read and written by redis-py directly.
+"""Session records in Redis, with the fewest round trips.
 
 Same keys and values as ``BeakerStore`` over Beaker's
 ``RedisNamespaceManager`` (``beaker_cache:<session id>:session`` holding the
 pickled record string), so Beaker's own sessions and middleware can share
-the database, but with the fewest round trips:
+the database, but:
 
-- ``load``: one ``GET``;
-- ``merge``: one ``EVALSHA`` of a compare-and-set script that writes the
+- ``load`` answers from the process's cache of the records its connections
+  have read or written, which Redis keeps coherent (``redisclient``): no
+  round trip for a session this Zope has seen, one ``GET`` otherwise;
+- ``merge`` is one ``EVALSHA`` of a compare-and-set script that writes the
   new record only if the stored one is still the one the changes were
   applied to, and otherwise answers the stored record, to which they are
-  applied again.  ``load`` remembers (per thread) what it read, so a
-  request that read its session and writes it back makes one round trip
-  for the write; no lock is taken or released.  Without such a read (a new
-  session) the merge reads first: two round trips.
-
-The connections come from one pool per URL shared by all stores of the
-process; a thread keeps the connection it took until it ends, which spares
-the pool's check-out (as costly as a ``GET``) on every request.
+  applied again.  No lock is taken or released.
 """
 import pickle
 import threading
 from hashlib import sha1
 
-import redis
-
 from ZODB.POSException import ConflictError
 
+from .interfaces import ConfigurationError
+from .redisclient import MISSING
+from .redisclient import Client
+from .redisclient import NoScriptError
 from .store import RECORD_KEY
 from .store import BeakerStore
 
@@ -33,7 +30,9 @@ from .store import BeakerStore
 # RedisNamespaceManager's key of a namespace's RECORD_KEY.
 KEY = 'beaker_cache:%s:' + RECORD_KEY
 # KEYS[1]: the record; ARGV: the expected value ('' for none), the new
-# value ('' to delete), the time to live in seconds ('' for none).
+# value ('' to delete), the time to live in seconds ('' for none).  The
+# write ends the connection's tracking of the key; reading it again keeps
+# the cached value under Redis's watch.
 COMPARE_AND_SET = '''\
 local current = redis.call('GET', KEYS[1])
 if (current or '') ~= ARGV[1] then
@@ -46,6 +45,7 @@ elseif ARGV[3] == '' then
 else
     redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
+redis.call('EXISTS', KEYS[1])
 return {1}
 '''
 COMPARE_AND_SET_SHA = sha1(COMPARE_AND_SET.encode('ascii')).hexdigest()
@@ -54,59 +54,44 @@ COMPARE_AND_SET_SHA = sha1(COMPARE_AND_SET.encode('ascii')).hexdigest()
 MAX_ATTEMPTS = 50
 # Remembered last reads per thread, in case a request loads many sessions.
 MAX_REMEMBERED = 16
-# Unless the URL says otherwise: a store that hangs fails the request
-# instead of holding its thread forever.
-CONNECTION_DEFAULTS = {'socket_timeout': 10, 'socket_connect_timeout': 5}
+# Records a process keeps (session.client_cache_size).
+DEFAULT_CACHE_SIZE = 10000
 
-_pools = {}
-_pools_lock = threading.Lock()
-
-
-def shared_pool(url):
-    """The connection pool of ``url``, made once per process."""
-    with _pools_lock:
-        pool = _pools.get(url)
-        if pool is None:
-            pool = _pools[url] = redis.ConnectionPool.from_url(
-                url, **CONNECTION_DEFAULTS)
-        return pool
+_clients = {}
+_clients_lock = threading.Lock()
 
 
-class Lease:
-    """A connection a thread has taken from the pool, returned when the
-    thread (and with it its thread-local data) ends."""
-
-    def __init__(self, pool):
-        self.pool = pool
-        try:
-            self.connection = pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants a command name
-            self.connection = pool.get_connection('GET')
-
-    def __del__(self):
-        try:
-            self.pool.release(self.connection)
-        except Exception:
-            pass  # The interpreter is shutting down.
+def shared_client(url, cache_size):
+    """The client of ``url``, made once per process."""
+    with _clients_lock:
+        client = _clients.get((url, cache_size))
+        if client is None:
+            client = _clients[url, cache_size] = Client(url, cache_size)
+        return client
 
 
 class RedisStore(BeakerStore):
-    """Beaker's Redis records, one round trip per read or write."""
+    """Beaker's Redis records: reads from a coherent cache, one round trip
+    per write."""
 
-    def __init__(self, namespace_class, namespace_args, **kw):
+    def __init__(self, namespace_class, namespace_args,
+                 client_cache_size=DEFAULT_CACHE_SIZE, **kw):
         super().__init__(namespace_class, namespace_args, **kw)
         self.url = self.namespace_args['url']
         if not isinstance(self.url, str):
-            raise TypeError('session.url: a redis:// URL, not %r'
-                            % (self.url,))
-        self.pool = shared_pool(self.url)
+            raise ConfigurationError('session.url: a redis:// URL, not %r'
+                                     % (self.url,))
+        try:
+            self.client = shared_client(self.url, client_cache_size)
+        except ValueError as exc:
+            raise ConfigurationError('session.url: %s' % exc)
         self._local = threading.local()
 
     # -- ISessionStore --
 
     def load(self, session_id):
         """See ISessionStore."""
-        raw = self._execute('GET', KEY % session_id)
+        raw = self._get(KEY % session_id)
         self._remember(session_id, raw)
         return self._record(raw)
 
@@ -120,17 +105,28 @@ class RedisStore(BeakerStore):
         if session_id in remembered:
             expected = remembered.pop(session_id)
         else:
-            expected = self._execute('GET', key)
+            # The cache's, or a guess that there is none (a new session):
+            # a wrong guess costs one more compare-and-set, as a GET would.
+            expected = self._get(key, cached_only=True)
         ttl = int(self.ttl) if self.ttl else ''
+        slot = self.client.slot(key)
         for _ in range(MAX_ATTEMPTS):
             record = apply(self._record(expected))
             value = b'' if record is None else pickle.dumps(
                 self.encode(record))
-            reply = self._compare_and_set(key, expected or b'', value, ttl)
-            if reply[0] == 1:
-                self._remember(session_id, value or None)
+            with slot.lock:
+                reply = self._compare_and_set(
+                    slot, key, expected or b'', value, ttl)
+                written = reply[0] == 1
+                if written:
+                    expected = value or None
+                else:
+                    expected = reply[1] if len(reply) > 1 else None
+                # Both ways the script read the key last: tracked.
+                slot.keep(key, expected)
+            if written:
+                self._remember(session_id, expected)
                 return record
-            expected = reply[1] if len(reply) > 1 else None
         raise ConflictError(
             'session %s... was written by %d other requests while this one '
             'tried to write it' % (session_id[:8], MAX_ATTEMPTS))
@@ -138,9 +134,25 @@ class RedisStore(BeakerStore):
     def delete(self, session_id):
         """See ISessionStore."""
         self._remembered().pop(session_id, None)
-        self._execute('DEL', KEY % session_id)
+        key = KEY % session_id
+        slot = self.client.slot(key)
+        with slot.lock:
+            slot.run('DEL', key)
+            slot.forget(key)
 
     # -- helpers --
+
+    def _get(self, key, cached_only=False):
+        """The stored value of ``key``: from the cache, or one GET."""
+        slot = self.client.slot(key)
+        with slot.lock:
+            raw = slot.cached(key)
+            if raw is MISSING:
+                if cached_only:
+                    return None
+                raw = slot.run('GET', key)
+                slot.keep(key, raw)
+        return raw
 
     def _record(self, raw):
         if raw is None:
@@ -164,43 +176,14 @@ class RedisStore(BeakerStore):
             remembered.clear()
         remembered[session_id] = raw
 
-    def _compare_and_set(self, key, *args):
+    @staticmethod
+    def _compare_and_set(slot, key, *args):
+        """Repeating the script after a lost connection is harmless: had
+        its first copy run, the second one fails and answers the stored
+        record, to which the changes are applied again."""
         try:
-            return self._execute(
-                'EVALSHA', COMPARE_AND_SET_SHA, 1, key, *args)
-        except redis.exceptions.NoScriptError:
+            return slot.run('EVALSHA', COMPARE_AND_SET_SHA, 1, key, *args)
+        except NoScriptError:
             # A new or flushed server: load the script once.
-            self._execute('SCRIPT', 'LOAD', COMPARE_AND_SET)
-            return self._execute(
-                'EVALSHA', COMPARE_AND_SET_SHA, 1, key, *args)
-
-    def _connection(self):
-        try:
-            return self._local.lease.connection
-        except AttributeError:
-            self._local.lease = Lease(self.pool)
-            return self._local.lease.connection
-
-    def _execute(self, *command):
-        """Send one command; its reply.
-
-        A connection the server closed (a restart) is found out on its
-        next use: that command is sent once more on a new connection.
-        Repeating it is harmless: a read, or a compare-and-set whose
-        first copy, had it run, makes the second one fail and answer the
-        stored record, to which the changes are applied again.
-        """
-        for retry in (False, True):
-            connection = self._connection()
-            try:
-                connection.send_packed_command(
-                    connection.pack_command(*command), check_health=False)
-                return connection.read_response()
-            except redis.exceptions.ResponseError:
-                raise  # The server answered: the connection is fine.
-            except BaseException as exc:
-                # Whatever was sent or half read is lost with it.
-                connection.disconnect()
-                if retry or not isinstance(
-                        exc, redis.exceptions.ConnectionError):
-                    raise
+            slot.run('SCRIPT', 'LOAD', COMPARE_AND_SET)
+            return slot.run('EVALSHA', COMPARE_AND_SET_SHA, 1, key, *args)

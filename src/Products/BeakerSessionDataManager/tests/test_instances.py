@@ -20,6 +20,8 @@ from Products.BeakerSessionDataManager.tests.instance import python_script
 
 
 UNTOUCHED_SCRIPT = python_script('untouched', "return 'no session here'")
+READ_SCRIPT = python_script(
+    'read', "return container.REQUEST.SESSION.get('count')")
 
 
 @pytest.fixture
@@ -33,7 +35,8 @@ def store(request):
 def started(first, *others):
     """Set the first instance up, give the others a copy of its database
     (zconsole takes seconds), and start them all at once."""
-    first.setup(BEAKER_SESSION_DATA_MANAGER, COUNTER_SCRIPT, UNTOUCHED_SCRIPT)
+    first.setup(BEAKER_SESSION_DATA_MANAGER, COUNTER_SCRIPT, UNTOUCHED_SCRIPT,
+                READ_SCRIPT)
     for zope in others:
         shutil.copyfile(first.var('Data.fs'), zope.var('Data.fs'))
     errors = []
@@ -73,6 +76,19 @@ def test_two_instances_share_sessions_that_survive_restarts(store):
         second.restart()
         assert count(second, cookie) == ('4', None)
         assert count(first, cookie) == ('5', None)
+
+
+@pytest.mark.parametrize('store', ['redis'], indirect=True)
+def test_a_write_through_one_instance_is_read_at_once_by_the_other(store):
+    # The reader keeps the session in its client cache; the writer's
+    # change must reach it before the visitor's next request does.
+    with ZopeInstance(store) as writer, ZopeInstance(store) as reader:
+        started(writer, reader)
+        _, cookie = count(writer)
+        for expected in range(2, 42):
+            assert reader.get('/read', cookie)[2] == str(expected - 1)
+            assert count(writer, cookie) == (str(expected), None)
+            assert reader.get('/read', cookie)[2] == str(expected)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ installed (the entry point script in a subprocess), and, where only its
 answers matter, called in this process, which starts faster."""
 import os
 import pty
+import select
 import subprocess
 import sys
 import textwrap
@@ -368,6 +369,17 @@ def test_check_memory(call):
         in result.stdout
 
 
+def read_all(screen):
+    """What a terminal shows: a pty hands its output over in pieces."""
+    shown = b''
+    while select.select([screen], [], [], 0.5)[0]:
+        piece = screen.read(4096)
+        if not piece:
+            break
+        shown += piece
+    return shown
+
+
 def test_progress_on_a_terminal():
     """On a terminal the progress is one line, rewritten at each percent
     and ended when the cleanup ends."""
@@ -378,7 +390,8 @@ def test_progress_on_a_terminal():
         for done in (0, 1, 1, 2):
             progress(done, 200)
         progress.end()
-        shown = screen.read(4096).decode()
+        stream.flush()
+        shown = read_all(screen).decode()
     assert shown.replace('\r\n', '\n') == (
         '\r0 of 200 sessions examined (0%)'
         '\r2 of 200 sessions examined (1%)\n')

@@ -1,0 +1,375 @@
+"""A small Redis client for the session hot path, with a local cache that
+Redis itself keeps coherent (client-side caching, ``CLIENT TRACKING``).
+
+Why not redis-py here: a request that only reads its session should not
+wait for Redis at all, and one that writes should wait once.  That needs
+to know which connection read which key.  Each key always goes through
+the same connection of a small set (chosen by its hash); the connections
+speak RESP3 with ``CLIENT TRACKING on NOLOOP``, so Redis sends a
+connection a notice, in band, when anybody else changes a key it has read,
+and none about its own writes.  Before answering from the cache, a read
+takes in the notices already on its socket (a poll, no round trip).
+Redis sends a notice in the same pass of its event loop as its answer to
+the writer, so a browser that has just written its session through
+another Zope instance, and waited for the response, is seen by its next
+request here.
+
+A server without RESP3 or tracking (Redis before 6, some proxies) gets
+the same commands, without the cache.
+"""
+import os
+import select
+import socket
+import ssl
+import threading
+from urllib.parse import parse_qs
+from urllib.parse import unquote
+from urllib.parse import urlsplit
+
+
+# Connections per server; a key always uses the same one.
+SLOTS = 8
+DEFAULT_SOCKET_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+SSL_CERT_REQS = {'none': ssl.CERT_NONE, 'optional': ssl.CERT_OPTIONAL,
+                 'required': ssl.CERT_REQUIRED}
+URL_OPTIONS = ('db', 'socket_timeout', 'socket_connect_timeout',
+               'ssl_cert_reqs', 'ssl_ca_certs', 'ssl_check_hostname')
+MISSING = object()
+
+
+class ReplyError(Exception):
+    """Redis answered with an error: the connection itself is fine."""
+
+
+class NoScriptError(ReplyError):
+    """EVALSHA of a script the server does not have (yet)."""
+
+
+class ProtocolError(ConnectionError):
+    """Redis sent something this client does not understand."""
+
+
+def parse_url(url):
+    """The connection settings of a ``redis://``, ``rediss://`` or
+    ``unix://`` URL; ValueError names what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ('redis', 'rediss', 'unix'):
+        raise ValueError('%r: not a redis://, rediss:// or unix:// URL'
+                         % (url,))
+    query = {name: values[-1]
+             for name, values in parse_qs(parts.query).items()}
+    unknown = sorted(set(query) - set(URL_OPTIONS))
+    if unknown:
+        raise ValueError('unknown URL parameter %s; known: %s'
+                         % (', '.join(unknown), ', '.join(URL_OPTIONS)))
+    settings = {
+        'username': unquote(parts.username) if parts.username else None,
+        'password': unquote(parts.password) if parts.password else None,
+        'ssl': parts.scheme == 'rediss',
+        'socket_timeout': float(query.get(
+            'socket_timeout', DEFAULT_SOCKET_TIMEOUT)),
+        'connect_timeout': float(query.get(
+            'socket_connect_timeout', DEFAULT_CONNECT_TIMEOUT)),
+        'ssl_cert_reqs': SSL_CERT_REQS[query.get(
+            'ssl_cert_reqs', 'required').lower()],
+        'ssl_ca_certs': query.get('ssl_ca_certs'),
+        'ssl_check_hostname': query.get(
+            'ssl_check_hostname', 'true').lower() in ('true', '1', 'yes'),
+    }
+    if parts.scheme == 'unix':
+        settings['path'] = unquote(parts.path)
+        settings['db'] = int(query.get('db', 0))
+    else:
+        settings['host'] = parts.hostname or '127.0.0.1'
+        settings['port'] = parts.port or 6379
+        path = parts.path.strip('/')
+        settings['db'] = int(query.get('db', path or 0))
+    return settings
+
+
+def pack(args):
+    """A command as RESP: an array of bulk strings."""
+    out = [b'*%d\r\n' % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b'%d' % arg
+        out.append(b'$%d\r\n%s\r\n' % (len(arg), arg))
+    return b''.join(out)
+
+
+class Push(list):
+    """An out-of-band message (RESP3 ``>``), such as an invalidation."""
+
+
+class Connection:
+    """One socket to Redis: commands and their replies, one at a time."""
+
+    def __init__(self, settings, on_invalidate=None):
+        self.settings = settings
+        self.on_invalidate = on_invalidate
+        self.tracking = False
+        self.buffer = b''
+        self.sock = self._connect()
+        self.poller = select.poll()
+        self.poller.register(self.sock.fileno(), select.POLLIN)
+        try:
+            self._handshake()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self):
+        settings = self.settings
+        if 'path' in settings:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(settings['connect_timeout'])
+            try:
+                sock.connect(settings['path'])
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(
+                (settings['host'], settings['port']),
+                timeout=settings['connect_timeout'])
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if settings['ssl']:
+            context = ssl.create_default_context(
+                cafile=settings['ssl_ca_certs'])
+            context.check_hostname = (
+                settings['ssl_check_hostname']
+                and settings['ssl_cert_reqs'] != ssl.CERT_NONE)
+            context.verify_mode = settings['ssl_cert_reqs']
+            sock = context.wrap_socket(
+                sock, server_hostname=settings.get('host'))
+        sock.settimeout(settings['socket_timeout'])
+        return sock
+
+    def _handshake(self):
+        settings = self.settings
+        hello = ['HELLO', '3']
+        if settings['password']:
+            hello += ['AUTH', settings['username'] or 'default',
+                      settings['password']]
+        try:
+            self.execute(*hello)
+            resp3 = True
+        except ReplyError as exc:
+            if 'unknown command' not in str(exc).lower() \
+                    and 'NOPROTO' not in str(exc):
+                raise ConnectionError('Redis refused the connection: %s'
+                                      % exc)
+            resp3 = False  # Redis before 6: RESP2, no tracking.
+            if settings['password']:
+                self.execute('AUTH', *filter(None, [
+                    settings['username'], settings['password']]))
+        if settings['db']:
+            self.execute('SELECT', settings['db'])
+        if resp3 and self.on_invalidate is not None:
+            try:
+                self.execute('CLIENT', 'TRACKING', 'on', 'NOLOOP')
+            except ReplyError:
+                pass  # A proxy or a server without tracking: no cache.
+            else:
+                self.tracking = True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def execute(self, *command):
+        """Send ``command`` and return its reply, taking in the notices
+        that come before it."""
+        self.sock.sendall(pack(command))
+        while True:
+            reply = self._reply()
+            if type(reply) is Push:
+                self._notice(reply)
+                continue
+            if isinstance(reply, ReplyError):
+                raise reply
+            return reply
+
+    def take_notices(self):
+        """Take in the notices that have arrived since the last reply."""
+        while self.buffer or self._pending():
+            reply = self._reply()
+            if type(reply) is not Push:
+                raise ProtocolError('unexpected reply %r' % (reply,))
+            self._notice(reply)
+
+    def _pending(self):
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        return bool(self.poller.poll(0))
+
+    def _notice(self, push):
+        if push and push[0] in (b'invalidate', 'invalidate'):
+            # None: the whole database was flushed.
+            self.on_invalidate(push[1] if len(push) > 1 else None)
+
+    # -- reading RESP2 and RESP3 --
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError('Redis closed the connection')
+        self.buffer += data
+
+    def _line(self):
+        while True:
+            end = self.buffer.find(b'\r\n')
+            if end >= 0:
+                line = self.buffer[:end]
+                self.buffer = self.buffer[end + 2:]
+                return line
+            self._fill()
+
+    def _bulk(self, length):
+        while len(self.buffer) < length + 2:
+            self._fill()
+        data = self.buffer[:length]
+        self.buffer = self.buffer[length + 2:]
+        return data
+
+    def _reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b'$':
+            length = int(rest)
+            return None if length < 0 else self._bulk(length)
+        if kind in (b'*', b'~', b'>'):
+            length = int(rest)
+            if length < 0:
+                return None
+            items = [self._reply() for _ in range(length)]
+            return Push(items) if kind == b'>' else items
+        if kind == b':':
+            return int(rest)
+        if kind == b'+':
+            return rest
+        if kind == b'_':
+            return None
+        if kind == b'%':
+            return {self._reply(): self._reply() for _ in range(int(rest))}
+        if kind == b'-':
+            return self._error(rest.decode(errors='replace'))
+        if kind == b'!':
+            return self._error(self._bulk(int(rest)).decode(
+                errors='replace'))
+        if kind == b'#':
+            return rest == b't'
+        if kind == b',':
+            return float(rest)
+        if kind == b'(':
+            return int(rest)
+        if kind == b'=':
+            return self._bulk(int(rest))[4:]  # Without its "txt:".
+        if kind == b'|':
+            for _ in range(2 * int(rest)):  # Attributes: not used.
+                self._reply()
+            return self._reply()
+        raise ProtocolError('unexpected reply %r' % (line[:40],))
+
+    @staticmethod
+    def _error(message):
+        if message.startswith('NOSCRIPT'):
+            return NoScriptError(message)
+        return ReplyError(message)
+
+
+class Slot:
+    """A connection of its own for a share of the keys, and the cache of
+    the values it read or wrote."""
+
+    def __init__(self, settings, cache_size):
+        self.settings = settings
+        self.cache_size = cache_size
+        self.cache = {}
+        self.caching = cache_size > 0
+        self.connection = None
+        self.pid = None
+        self.lock = threading.Lock()
+
+    def run(self, *command):
+        """Send ``command`` (holding the lock) on a working connection.
+
+        A connection Redis closed (a restart) is found out on its next
+        use: the command is sent once more on a new connection.  A timeout
+        is not retried: the server is there but does not answer.
+        """
+        for retry in (False, True):
+            fresh = self._connection()
+            try:
+                return self.connection.execute(*command)
+            except ReplyError:
+                raise
+            except BaseException as exc:
+                self._drop()
+                if fresh or retry or not isinstance(exc, ConnectionError):
+                    raise
+
+    def cached(self, key):
+        """The value of ``key`` as the cache has it, or MISSING."""
+        if self.connection is None or not self.connection.tracking \
+                or self.pid != os.getpid():
+            return MISSING
+        try:
+            self.connection.take_notices()
+        except BaseException:
+            self._drop()
+            return MISSING
+        return self.cache.get(key, MISSING)
+
+    def keep(self, key, value):
+        """Cache what the connection just read or wrote: tracked now."""
+        if not self.connection.tracking:
+            return
+        if len(self.cache) >= self.cache_size:
+            del self.cache[next(iter(self.cache))]
+        self.cache[key] = value
+
+    def forget(self, key):
+        self.cache.pop(key, None)
+
+    def _connection(self):
+        """Whether the connection had to be made for this command."""
+        if self.connection is not None and self.pid == os.getpid():
+            return False
+        self._drop()
+        self.connection = Connection(
+            self.settings, self._invalidate if self.caching else None)
+        self.pid = os.getpid()
+        return True
+
+    def _drop(self):
+        # The notices of a lost connection are lost with it.
+        self.cache.clear()
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+    def _invalidate(self, keys):
+        if keys is None:
+            self.cache.clear()
+            return
+        for key in keys:
+            self.cache.pop(key.decode() if isinstance(key, bytes) else key,
+                           None)
+
+
+class Client:
+    """The connections to one Redis server, shared by its stores."""
+
+    def __init__(self, url, cache_size):
+        self.settings = parse_url(url)
+        per_slot = max(1, cache_size // SLOTS) if cache_size else 0
+        self.slots = [Slot(self.settings, per_slot) for _ in range(SLOTS)]
+
+    def slot(self, key):
+        return self.slots[hash(key) % SLOTS]
