@@ -5,9 +5,11 @@ machine its numbers move with the neighbours.  This publishes requests
 in-process, straight into Zope's WSGI application of a real instance, and
 times the same scripts with the session and with a plain dict instead, in
 alternating batches: the difference is what this product adds to a
-request.  ``--profile`` shows where that goes (pyinstrument)::
+request.  ``--steps`` splits it up (getting ``SESSION``, reading keys,
+writing one), ``--profile`` shows where it goes (pyinstrument)::
 
     .venv-bench/bin/python benchmarks/overhead.py redis
+    .venv-bench/bin/python benchmarks/overhead.py redis --steps
     .venv-bench/bin/python benchmarks/overhead.py redis --profile write
 """
 import argparse
@@ -86,15 +88,21 @@ def main(argv=None):
                         help='batches per page, default 7')
     parser.add_argument('--profile', choices=PAGES,
                         help='profile this workload instead')
+    parser.add_argument('--steps', action='store_true',
+                        help='instead, what each step of using the '
+                             'session adds to a page that returns a string')
     args = parser.parse_args(argv)
     bench.find_counters()
     with bench.Servers([args.store]) as servers:
         target = bench.Target(args.store, 1, servers)
         try:
-            target.instance.setup(*setup_scripts('context.REQUEST.SESSION'))
+            target.instance.setup(
+                *setup_scripts('context.REQUEST.SESSION'), *step_scripts())
             publisher = Publisher(target.instance.etc('zope.conf'))
             publisher.get('bench_write')  # the session and its cookie
-            if args.profile:
+            if args.steps:
+                steps(publisher, args)
+            elif args.profile:
                 profile(publisher, PAGES[args.profile][0], args.requests)
             else:
                 measure(publisher, args)
@@ -120,6 +128,45 @@ def measure(publisher, args):
         print('%-10s %10.0f %10.0f %+9.0f (%+.1f%%)' % (
             workload, without, with_session, with_session - without,
             100 * (with_session - without) / without))
+
+
+# Scripts that use the session one step more each; the first is the base.
+STEPS = (
+    ('nothing', "return 'x'"),
+    ('request', "request = context.REQUEST\nreturn 'x'"),
+    ('SESSION', "session = context.REQUEST.SESSION\nreturn 'x'"),
+    ('get 1 key', "session = context.REQUEST.SESSION\n"
+                  "session.get('count')\nreturn 'x'"),
+    ('get 3 keys', "session = context.REQUEST.SESSION\n"
+                   "session.get('count'); session.get('page')\n"
+                   "session.get('recent')\nreturn 'x'"),
+    ('set 1 key', "session = context.REQUEST.SESSION\n"
+                  "session['count'] = session.get('count', 0) + 1\n"
+                  "return 'x'"),
+)
+
+
+def step_scripts():
+    return [zope_instance.python_script('step_%d' % number, body)
+            for number, (_, body) in enumerate(STEPS)]
+
+
+def steps(publisher, args):
+    paths = ['step_%d' % number for number in range(len(STEPS))]
+    for path in paths:
+        publisher.get(path)
+    timings = {path: [] for path in paths}
+    for _ in range(args.batches):
+        for path in paths:
+            timings[path].append(
+                cpu_per_request(publisher, path, args.requests))
+    base = statistics.median(timings[paths[0]])
+    print('CPU per request in microseconds (median of %d batches of %d '
+          'requests), and what it adds to the first' % (
+              args.batches, args.requests))
+    for (label, _), path in zip(STEPS, paths):
+        median = statistics.median(timings[path])
+        print('%-12s %8.0f %+8.0f' % (label, median, median - base))
 
 
 def profile(publisher, page, count):

@@ -175,7 +175,10 @@ class SessionConfiguration:
             from .redisstore import RedisStore as store_class
             extra['client_cache_size'] = options.get(
                 'client_cache_size', DEFAULT_CACHE_SIZE)
-        elif 'client_cache_size' in self.given:
+        elif self.type == 'ext:memcached':
+            # Beaker's records, with memcached's compare-and-set.
+            from .memcachedstore import MemcachedStore as store_class
+        if self.type != 'ext:redis' and 'client_cache_size' in self.given:
             raise ConfigurationError(
                 'session.client_cache_size: only session.type ext:redis '
                 'has a client cache, not %s.' % self.type)

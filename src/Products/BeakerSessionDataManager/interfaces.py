@@ -127,8 +127,12 @@ class ISessionStore(Interface):
         o Runs under the store's lock for ``session_id``, or as a
           compare-and-set that calls ``apply`` again on the newer record
           when another writer came first, so that concurrent writers of
-          one session do not lose each other's changes: ``apply`` must
-          have no other effect than its result.
+          one session do not lose each other's changes.  A
+          compare-and-set may start from the record this thread read
+          last, or from a guess that there is none (a new session), and
+          calls ``apply`` again on the stored record if that was wrong:
+          ``apply`` must have no other effect than its result, and only
+          the result for the stored record is written.
         """
 
     def delete(session_id):

@@ -1,22 +1,18 @@
 """Beaker namespace managers whose merge lock holds across Zope instances.
 
-Beaker locks memcached and SQL namespaces with a file lock on the local
-disk, which does nothing for a second Zope on another host, and creates
+Beaker locks SQL namespaces with a file lock on the local disk, which does
+nothing for a second Zope on another host (memcached has its own store,
+``memcachedstore``, which needs no lock), and creates
 the file of a new dbm namespace without a lock.  These subclasses keep
 Beaker's keys, files, tables and record format, so that Beaker's own
 sessions can still share the store, and replace the locking:
 
-- memcached: a lock key stored with ``add`` (which succeeds for one client
-  only) and an expiry, so that a crashed holder cannot block the session;
 - SQL: the read and the write of a merge happen in one database
   transaction, under a transaction-level advisory lock on PostgreSQL,
   ``BEGIN IMMEDIATE`` on SQLite and ``SELECT ... FOR UPDATE`` elsewhere;
 - dbm: the file of a new session is created under the session's lock.
 """
 import importlib
-import random
-import time
-import uuid
 from datetime import datetime
 from hashlib import sha256
 
@@ -29,65 +25,14 @@ from beaker.ext.sqla import make_cache_table
 from beaker.synchronization import null_synchronizer
 
 from .interfaces import ConfigurationError
-from .store import check_memcached
 
 
 # Seconds a merge waits for another writer of the same session.
 LOCK_WAIT = 10
-# Seconds after which memcached drops the lock of a holder that died.
-LOCK_EXPIRY = 30
 
 
 class LockTimeout(Exception):
     """Another writer held the session's lock for too long."""
-
-
-class MemcachedLock:
-    """A lock shared by every client of one memcached pool.
-
-    ``add`` stores the key only if it is absent, for exactly one client.
-    The key expires after ``LOCK_EXPIRY`` seconds in case its holder dies.
-    """
-
-    def __init__(self, namespace, key):
-        self.namespace = namespace
-        self.key = key
-        self.token = None
-
-    def acquire(self, wait=True):
-        client = self.namespace.mc
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + LOCK_WAIT
-        while not client.add(self.key, token, time=LOCK_EXPIRY):
-            # python-memcached answers False, as for a lock held, when
-            # no server answers.
-            check_memcached(self.namespace)
-            if not wait:
-                return False
-            if time.monotonic() > deadline:
-                raise LockTimeout(
-                    'the session was locked by another writer for more '
-                    'than %s seconds (memcached key %s)'
-                    % (LOCK_WAIT, self.key))
-            time.sleep(random.uniform(0.002, 0.02))
-        self.token = token
-        return True
-
-    def release(self):
-        # memcached has no compare-and-delete; the lock is ours unless it
-        # expired, which a merge of milliseconds does not reach.
-        client = self.namespace.mc
-        if self.token is not None and client.get(self.key) == self.token:
-            client.delete(self.key)
-        self.token = None
-
-
-class MemcachedSessionNamespace(MemcachedNamespaceManager):
-    """Beaker's memcached namespace with a lock that holds across hosts
-    (Beaker's is a file lock, and needs ``lock_dir``)."""
-
-    def get_creation_lock(self, key):
-        return MemcachedLock(self, 'beaker_lock:' + self._format_key(key))
 
 
 class DBMSessionNamespace(DBMNamespaceManager):
@@ -252,7 +197,7 @@ CLIENTS = {
 }
 NAMESPACE_CLASSES = {
     'dbm': DBMSessionNamespace,
-    'ext:memcached': MemcachedSessionNamespace,
+    'ext:memcached': MemcachedNamespaceManager,
     'ext:database': DatabaseSessionNamespace,
     'ext:sqla': SqlaSessionNamespace,
 }

@@ -18,7 +18,6 @@ from beaker.container import FileNamespaceManager
 from beaker.crypto import DEFAULT_NONCE_BITS
 from beaker.crypto import get_crypto_module
 from beaker.crypto import get_nonce_size
-from beaker.ext.memcached import MemcachedNamespaceManager
 from beaker.ext.sqla import SqlaNamespaceManager
 from beaker.synchronization import FileSynchronizer
 from beaker.util import JsonSerializer
@@ -37,8 +36,6 @@ FILE_LOCKED = (FileNamespaceManager, DBMNamespaceManager)
 # Let a store keep an expired record a little longer than the timeout so
 # that a request straddling the deadline still finds it, as Beaker does.
 TTL_MARGIN = 120
-# memcached reads an expiry above 30 days as a Unix timestamp.
-MEMCACHED_MAX_RELATIVE_EXPIRY = 30 * 24 * 3600
 # Stores that keep each session in a file or row of its own, which
 # ``remove_if`` can remove (Beaker never removes them).
 REMOVABLE = FILE_LOCKED + (SqlaNamespaceManager,)
@@ -252,24 +249,12 @@ class BeakerStore:
     @staticmethod
     def _read(namespace):
         try:
-            raw = namespace[RECORD_KEY]
+            return namespace[RECORD_KEY]
         except (KeyError, TypeError):
             return None
-        if raw is None and isinstance(namespace, MemcachedNamespaceManager):
-            check_memcached(namespace)
-        return raw
 
     def _write(self, namespace, raw):
-        if not isinstance(namespace, MemcachedNamespaceManager):
-            namespace.set_value(RECORD_KEY, raw, expiretime=self.ttl)
-        # Beaker ignores memcached's answer, and python-memcached answers
-        # a write it could not make (server down, value over the item size
-        # limit) with a false value, not an exception.
-        elif not namespace.mc.set(namespace._format_key(RECORD_KEY), raw,
-                                  time=memcached_expiry(self.ttl)):
-            raise ConnectionError(
-                'memcached did not store the session: its server is down, '
-                'or the session is larger than the item size limit')
+        namespace.set_value(RECORD_KEY, raw, expiretime=self.ttl)
 
     def _decoded(self, raw):
         if not raw:
@@ -309,32 +294,6 @@ class BeakerStore:
                 namespace.release_write_lock()
         finally:
             lock.release()
-
-
-def check_memcached(namespace):
-    """A read that found nothing: make sure a server was asked.
-
-    python-memcached answers a read from a server it cannot reach with
-    None, as for a missing key, and then leaves the server alone for 30
-    seconds: the session would silently read as missing (and a new one
-    would replace it).  Its private ``_get_server`` says whether a server
-    is there for the key; other client libraries are not checked.
-    """
-    client = namespace.mc
-    if hasattr(client, '_get_server') and client._get_server(
-            client._encode_key(namespace._format_key(RECORD_KEY)))[0] is None:
-        raise ConnectionError(
-            'no memcached server answers (python-memcached tries a server '
-            'that failed again after 30 seconds)')
-
-
-def memcached_expiry(seconds):
-    """The ``time`` argument memcached reads as ``seconds`` from now."""
-    if not seconds:
-        return 0
-    if seconds > MEMCACHED_MAX_RELATIVE_EXPIRY:
-        return int(time.time() + seconds)
-    return int(seconds)
 
 
 def row_written(namespace):

@@ -1,0 +1,168 @@
+"""Session records in memcached, written with memcached's compare-and-set.
+
+Same keys and values as ``BeakerStore`` over Beaker's memcached namespace
+(Beaker's own sessions can share the servers), but without a lock: a merge
+under a lock took five round trips (``add`` the lock, ``get``, ``set``,
+``get`` and ``delete`` the lock).  Here ``load`` is one ``gets``, which
+also tells the item's version, and ``merge`` one ``cas``, which stores the
+new record only if the item is still at that version (``add`` for a
+session that had none) and otherwise fails: the request's changes are then
+applied to the item read again.
+"""
+import threading
+import time
+from hashlib import sha1
+
+import memcache
+from beaker.ext.memcached import MAX_KEY_LENGTH
+
+from ZODB.POSException import ConflictError
+
+from .store import RECORD_KEY
+from .store import BeakerStore
+
+
+# Give up (ConflictError: Zope retries the request) after this many
+# writers came first in a row.
+MAX_ATTEMPTS = 50
+# Remembered reads per thread, in case a request loads many sessions.
+MAX_REMEMBERED = 16
+# python-memcached keeps the version of every item a thread read; forget
+# them past this many.
+MAX_VERSIONS = 1000
+# memcached reads an expiry above 30 days as a Unix timestamp.
+MAX_RELATIVE_EXPIRY = 30 * 24 * 3600
+
+
+def memcached_expiry(seconds):
+    """The ``time`` argument memcached reads as ``seconds`` from now."""
+    if not seconds:
+        return 0
+    if seconds > MAX_RELATIVE_EXPIRY:
+        return int(time.time() + seconds)
+    return int(seconds)
+
+
+class MemcachedStore(BeakerStore):
+    """Beaker's memcached records; one round trip per read and per write."""
+
+    def __init__(self, namespace_class, namespace_args, **kw):
+        super().__init__(namespace_class, namespace_args, **kw)
+        # python-memcached's client is thread-local: each thread has its
+        # own sockets and the versions of the items it read, which this
+        # store's own reads must not share with another store's.
+        self.client = memcache.Client(
+            self.namespace_args['url'].split(';'), cache_cas=True)
+        self._local = threading.local()
+
+    @staticmethod
+    def key(session_id):
+        """Beaker's key of the session's record, as its memcached
+        namespace's ``_format_key`` makes it."""
+        key = ('%s_%s' % (session_id, RECORD_KEY)).replace(' ', '\302\267')
+        if len(key) > MAX_KEY_LENGTH:
+            key = sha1(key.encode('utf-8')).hexdigest()
+        return key
+
+    # -- ISessionStore --
+
+    def load(self, session_id):
+        """See ISessionStore."""
+        key = self.key(session_id)
+        versions = self.client.cas_ids
+        if len(versions) > MAX_VERSIONS:
+            self.client.reset_cas()
+        raw = self._gets(key)
+        self._remember(session_id, raw)
+        return self._live(self._decoded(raw))
+
+    def merge(self, session_id, apply):
+        """See ISessionStore: a compare-and-set, retried while other
+        writers come first."""
+        key = self.key(session_id)
+        # What this thread read last, with its version, in this request's
+        # load as a rule; else a guess that there is none (a new session):
+        # a wrong guess costs one more round trip, as a read would.
+        remembered = self._remembered()
+        guessed = session_id not in remembered
+        expected = remembered.pop(session_id, None)
+        ttl = memcached_expiry(self.ttl)
+        for _ in range(MAX_ATTEMPTS):
+            record = apply(self._live(self._decoded(expected)))
+            if record is None:
+                if guessed:
+                    # memcached cannot delete on condition: decide on
+                    # the stored record, not on a guess.
+                    guessed = False
+                    expected = self._gets(key)
+                    continue
+                self.client.delete(key)
+                return None
+            raw = self.encode(record)
+            if expected is None:
+                stored = self.client.add(key, raw, time=ttl)
+            elif self._version_known(key):
+                stored = self.client.cas(key, raw, time=ttl)
+            else:
+                # python-memcached would turn the cas into a plain set.
+                stored = False
+            if stored:
+                return record
+            # Another writer came first; or no server answered, or the
+            # item was too large, which python-memcached reports alike.
+            self._check_server(key)
+            guessed = False
+            current = self._gets(key)
+            if current == expected and (expected is None
+                                        or self._version_known(key)):
+                raise ConnectionError(
+                    'memcached did not store the session: its server is '
+                    'down, or the session is larger than the item size '
+                    'limit')
+            expected = current
+        raise ConflictError(
+            'session %s... was written by %d other requests while this one '
+            'tried to write it' % (session_id[:8], MAX_ATTEMPTS))
+
+    def delete(self, session_id):
+        """See ISessionStore."""
+        self._remembered().pop(session_id, None)
+        self.client.delete(self.key(session_id))
+
+    # -- helpers --
+
+    def _gets(self, key):
+        raw = self.client.gets(key)
+        if raw is None:
+            self._check_server(key)
+        return raw
+
+    def _version_known(self, key):
+        """Whether this thread's client has the version of the item it
+        read last (another session's load may have dropped them all)."""
+        client = self.client
+        return client._encode_key(key) in client.cas_ids
+
+    def _check_server(self, key):
+        """python-memcached answers a read from, or a write to, a server it
+        cannot reach as if the item were missing, and then leaves the
+        server alone for 30 seconds; its private ``_get_server`` says
+        whether a server is there for the key."""
+        client = self.client
+        if client._get_server(client._encode_key(key))[0] is None:
+            raise ConnectionError(
+                'no memcached server answers (python-memcached tries a '
+                'server that failed again after 30 seconds)')
+
+    def _remembered(self):
+        try:
+            return self._local.remembered
+        except AttributeError:
+            remembered = self._local.remembered = {}
+            return remembered
+
+    def _remember(self, session_id, raw):
+        remembered = self._remembered()
+        if len(remembered) >= MAX_REMEMBERED:
+            remembered.clear()
+        remembered[session_id] = raw

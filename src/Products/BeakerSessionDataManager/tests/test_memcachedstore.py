@@ -1,0 +1,101 @@
+"""The memcached store: Beaker's records, written with ``gets``/``cas``.
+
+On a real memcached: Beaker's keys, sharing records with Beaker's own
+sessions, interleaved writers that never lose each other's changes, and a
+session too large for memcached refused with a clear error.
+"""
+import secrets
+import time
+import unittest
+
+from beaker.ext.memcached import MemcachedNamespaceManager
+from beaker.session import Session
+
+from Products.BeakerSessionDataManager.config import SessionConfiguration
+from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
+from Products.BeakerSessionDataManager.store import RECORD_KEY
+from Products.BeakerSessionDataManager.tests import servers
+from Products.BeakerSessionDataManager.tests.instance import new_secret
+
+
+def record(**data):
+    now = time.time()
+    return dict(data, _creation_time=now, _accessed_time=now)
+
+
+class MemcachedStoreTests(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = servers.MemcachedServer().start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+
+    def make_store(self):
+        return SessionConfiguration({
+            'session.type': 'ext:memcached',
+            'session.url': self.server.address,
+            'session.secret': new_secret()}).store
+
+    def test_keys_are_beakers(self):
+        for session_id in (secrets.token_hex(16), 'with space', 'x' * 300):
+            namespace = MemcachedNamespaceManager(
+                session_id, url=self.server.address)
+            self.assertEqual(MemcachedStore.key(session_id),
+                             namespace._format_key(RECORD_KEY))
+
+    def test_beaker_reads_our_records_and_we_read_beakers(self):
+        store = self.make_store()
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(ours=1))
+        session = Session({}, id=session_id, use_cookies=False,
+                          type='ext:memcached', url=self.server.address,
+                          timeout=store.timeout)
+        self.assertEqual(session['ours'], 1)
+        session['theirs'] = 2
+        session.save()
+        self.assertEqual(store.load(session_id)['theirs'], 2)
+
+    def test_interleaved_writers_keep_each_others_changes(self):
+        # Two stores, as two Zope instances: each reads, then the other
+        # writes before it does.
+        first, second = self.make_store(), self.make_store()
+        session_id = secrets.token_hex(16)
+        first.merge(session_id, lambda old: record())
+        for n in range(20):
+            first.load(session_id)
+            second.load(session_id)
+            second.merge(session_id,
+                         lambda old: dict(old or {}, **{'b%d' % n: n}))
+            first.merge(session_id,
+                        lambda old: dict(old or {}, **{'a%d' % n: n}))
+        stored = first.load(session_id)
+        for n in range(20):
+            self.assertEqual((stored['a%d' % n], stored['b%d' % n]), (n, n))
+
+    def test_a_session_too_large_for_memcached_is_refused(self):
+        store = self.make_store()
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(small=1))
+        store.load(session_id)
+        with self.assertRaisesRegex(ConnectionError,
+                                    'larger than the item size limit'):
+            store.merge(session_id,
+                        lambda old: dict(old or {}, big='x' * 2 ** 21))
+        self.assertEqual(store.load(session_id)['small'], 1)
+        with self.assertRaisesRegex(ConnectionError, 'item size limit'):
+            store.merge(secrets.token_hex(16),
+                        lambda old: record(big='x' * 2 ** 21))
+
+    def test_deleting(self):
+        store = self.make_store()
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(n=1))
+        store.load(session_id)
+        store.merge(session_id, lambda old: None)
+        self.assertIsNone(store.load(session_id))
+        store.merge(session_id, lambda old: record(n=2))
+        store.delete(session_id)
+        self.assertIsNone(store.load(session_id))
