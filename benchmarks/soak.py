@@ -151,7 +151,7 @@ def main(argv=None):
 
     with servers.RedisServer() as redis, instance.ZopeInstance(
             {'session.type': 'ext:redis', 'session.url': redis.url,
-             'session.secret': instance.test_secret()},
+             'session.secret': instance.new_secret()},
             threads=args.threads) as zope:
         zope.setup(instance.BEAKER_SESSION_DATA_MANAGER, WRITE_SCRIPT,
                    READ_SCRIPT)

@@ -9,24 +9,17 @@ new record only if the item is still at that version (``add`` for a
 session that had none) and otherwise fails: the request's changes are then
 applied to the item read again.
 """
-import threading
 import time
 from hashlib import sha1
 
 import memcache
 from beaker.ext.memcached import MAX_KEY_LENGTH
 
-from ZODB.POSException import ConflictError
-
+from .store import MAX_ATTEMPTS
 from .store import RECORD_KEY
-from .store import BeakerStore
+from .store import CompareAndSetStore
 
 
-# Give up (ConflictError: Zope retries the request) after this many
-# writers came first in a row.
-MAX_ATTEMPTS = 50
-# Remembered reads per thread, in case a request loads many sessions.
-MAX_REMEMBERED = 16
 # python-memcached keeps the version of every item a thread read; forget
 # them past this many.
 MAX_VERSIONS = 1000
@@ -43,7 +36,7 @@ def memcached_expiry(seconds):
     return int(seconds)
 
 
-class MemcachedStore(BeakerStore):
+class MemcachedStore(CompareAndSetStore):
     """Beaker's memcached records; one round trip per read and per write."""
 
     def __init__(self, namespace_class, namespace_args, **kw):
@@ -53,7 +46,6 @@ class MemcachedStore(BeakerStore):
         # store's own reads must not share with another store's.
         self.client = memcache.Client(
             self.namespace_args['url'].split(';'), cache_cas=True)
-        self._local = threading.local()
 
     @staticmethod
     def key(session_id):
@@ -120,9 +112,7 @@ class MemcachedStore(BeakerStore):
                     'down, or the session is larger than the item size '
                     'limit')
             expected = current
-        raise ConflictError(
-            'session %s... was written by %d other requests while this one '
-            'tried to write it' % (session_id[:8], MAX_ATTEMPTS))
+        raise self._too_many_writers(session_id)
 
     def delete(self, session_id):
         """See ISessionStore."""
@@ -153,16 +143,3 @@ class MemcachedStore(BeakerStore):
             raise ConnectionError(
                 'no memcached server answers (python-memcached tries a '
                 'server that failed again after 30 seconds)')
-
-    def _remembered(self):
-        try:
-            return self._local.remembered
-        except AttributeError:
-            remembered = self._local.remembered = {}
-            return remembered
-
-    def _remember(self, session_id, raw):
-        remembered = self._remembered()
-        if len(remembered) >= MAX_REMEMBERED:
-            remembered.clear()
-        remembered[session_id] = raw

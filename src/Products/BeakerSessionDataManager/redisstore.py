@@ -17,14 +17,13 @@ import pickle
 import threading
 from hashlib import sha1
 
-from ZODB.POSException import ConflictError
-
 from .interfaces import ConfigurationError
 from .redisclient import MISSING
 from .redisclient import Client
 from .redisclient import NoScriptError
+from .store import MAX_ATTEMPTS
 from .store import RECORD_KEY
-from .store import BeakerStore
+from .store import CompareAndSetStore
 
 
 # RedisNamespaceManager's key of a namespace's RECORD_KEY.
@@ -49,11 +48,6 @@ redis.call('EXISTS', KEYS[1])
 return {1}
 '''
 COMPARE_AND_SET_SHA = sha1(COMPARE_AND_SET.encode('ascii')).hexdigest()
-# Give up (ConflictError: Zope retries the request) after this many
-# writers came first in a row.
-MAX_ATTEMPTS = 50
-# Remembered last reads per thread, in case a request loads many sessions.
-MAX_REMEMBERED = 16
 # Records a process keeps (session.client_cache_size).
 DEFAULT_CACHE_SIZE = 10000
 
@@ -70,7 +64,7 @@ def shared_client(url, cache_size):
         return client
 
 
-class RedisStore(BeakerStore):
+class RedisStore(CompareAndSetStore):
     """Beaker's Redis records: reads from a coherent cache, one round trip
     per write."""
 
@@ -85,7 +79,6 @@ class RedisStore(BeakerStore):
             self.client = shared_client(self.url, client_cache_size)
         except ValueError as exc:
             raise ConfigurationError('session.url: %s' % exc)
-        self._local = threading.local()
 
     # -- ISessionStore --
 
@@ -127,9 +120,7 @@ class RedisStore(BeakerStore):
             if written:
                 self._remember(session_id, expected)
                 return record
-        raise ConflictError(
-            'session %s... was written by %d other requests while this one '
-            'tried to write it' % (session_id[:8], MAX_ATTEMPTS))
+        raise self._too_many_writers(session_id)
 
     def delete(self, session_id):
         """See ISessionStore."""
@@ -162,19 +153,6 @@ class RedisStore(BeakerStore):
         except Exception:
             return None  # Unreadable: no session, as Beaker's.
         return self._live(self._decoded(encoded))
-
-    def _remembered(self):
-        try:
-            return self._local.remembered
-        except AttributeError:
-            remembered = self._local.remembered = {}
-            return remembered
-
-    def _remember(self, session_id, raw):
-        remembered = self._remembered()
-        if len(remembered) >= MAX_REMEMBERED:
-            remembered.clear()
-        remembered[session_id] = raw
 
     @staticmethod
     def _compare_and_set(slot, key, *args):

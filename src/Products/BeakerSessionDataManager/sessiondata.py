@@ -248,7 +248,8 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         session_id = configuration.cookie.read(request)
         if session_id is None:
             return None
-        return self._load(request, session_id)
+        return self._load_from(
+            configuration.store_for(request), session_id, configuration)
 
     def _load(self, request, session_id):
         middleware = self._middleware_store(request)
@@ -259,7 +260,10 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             return self._session(session_id, dict(found),
                                  MiddlewareStore(found))
         configuration = self._configuration()
-        store = configuration.store_for(request)
+        return self._load_from(
+            configuration.store_for(request), session_id, configuration)
+
+    def _load_from(self, store, session_id, configuration):
         try:
             record = store.load(session_id)
         except Exception as exc:
@@ -270,7 +274,7 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         outage_log.succeeded(store.name)
         if record is None or self._expired(record, configuration):
             return None
-        return self._session(session_id, record, store)
+        return self._session(session_id, record, store, configuration)
 
     @staticmethod
     def _expired(record, configuration):
@@ -278,11 +282,12 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         return (configuration.timeout and accessed is not None
                 and time.time() - accessed > configuration.timeout)
 
-    def _session(self, session_id, record, store):
-        granularity = WRITE_GRANULARITY
-        timeout = None
-        if config.is_configured():
+    def _session(self, session_id, record, store, configuration=None):
+        if configuration is None and config.is_configured():
             configuration = self._configuration()
+        if configuration is None:  # Beaker's middleware alone
+            granularity, timeout = WRITE_GRANULARITY, None
+        else:
             granularity = configuration.write_granularity
             timeout = configuration.timeout
         session = BeakerSessionData(session_id, record, granularity)
@@ -302,7 +307,8 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         session_id = configuration.cookie.new_id()
         configuration.cookie.send(request.response, session_id)
         return self._session(
-            session_id, None, configuration.store_for(request))
+            session_id, None, configuration.store_for(request),
+            configuration)
 
 
 InitializeClass(BeakerSessionDataManager)

@@ -7,6 +7,7 @@ key ``session``: the session dict (user keys plus ``_creation_time`` and
 middleware and by this product can therefore share a store.
 """
 import os
+import threading
 import time
 from contextlib import contextmanager
 
@@ -24,6 +25,7 @@ from beaker.util import JsonSerializer
 from beaker.util import PickleSerializer
 
 import transaction
+from ZODB.POSException import ConflictError
 from zope.interface import implementer
 
 from .interfaces import ISessionStore
@@ -36,6 +38,11 @@ FILE_LOCKED = (FileNamespaceManager, DBMNamespaceManager)
 # Let a store keep an expired record a little longer than the timeout so
 # that a request straddling the deadline still finds it, as Beaker does.
 TTL_MARGIN = 120
+# Writers of one session that may come first in a row before a
+# compare-and-set gives up.
+MAX_ATTEMPTS = 50
+# Remembered reads per thread, in case a request loads many sessions.
+MAX_REMEMBERED = 16
 # Stores that keep each session in a file or row of its own, which
 # ``remove_if`` can remove (Beaker never removes them).
 REMOVABLE = FILE_LOCKED + (SqlaNamespaceManager,)
@@ -294,6 +301,40 @@ class BeakerStore:
                 namespace.release_write_lock()
         finally:
             lock.release()
+
+
+class CompareAndSetStore(BeakerStore):
+    """A store whose merge is a compare-and-set instead of a lock.
+
+    Each thread remembers the stored value of the sessions it read last,
+    which its next merge compares against; when another writer came first,
+    the changes are applied again to the newer record, at most
+    ``MAX_ATTEMPTS`` times in a row.
+    """
+
+    def __init__(self, namespace_class, namespace_args, **kw):
+        super().__init__(namespace_class, namespace_args, **kw)
+        self._local = threading.local()
+
+    def _remembered(self):
+        try:
+            return self._local.remembered
+        except AttributeError:
+            remembered = self._local.remembered = {}
+            return remembered
+
+    def _remember(self, session_id, raw):
+        remembered = self._remembered()
+        if len(remembered) >= MAX_REMEMBERED:
+            remembered.clear()
+        remembered[session_id] = raw
+
+    @staticmethod
+    def _too_many_writers(session_id):
+        """ConflictError: Zope retries the request."""
+        return ConflictError(
+            'session %s... was written by %d other requests while this one '
+            'tried to write it' % (session_id[:8], MAX_ATTEMPTS))
 
 
 def row_written(namespace):

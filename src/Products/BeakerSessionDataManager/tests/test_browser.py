@@ -7,9 +7,10 @@ visits across reloads and goes through the Settings, Status and Test tabs.
 It saves a screenshot of each ZMI screen in a temporary directory, or in
 docs/screenshots with ``UPDATE_SCREENSHOTS=1`` (the README shows those).
 
-Needs Debian's chromium and chromium-driver packages and the selenium
-package (the ``test`` extra); without them the test is skipped, naming what
-is missing, except in CI (``CI=true``), where it fails.
+Needs Debian's chromium and chromium-driver packages (or the programs
+that ``BEAKER_TEST_CHROMIUM`` and ``BEAKER_TEST_CHROMEDRIVER`` name) and the
+selenium package (the ``test`` extra); without them the test is skipped,
+naming what is missing, except in CI (``CI=true``), where it fails.
 """
 import base64
 import os
@@ -21,8 +22,11 @@ from Products.BeakerSessionDataManager.tests import instance
 from Products.BeakerSessionDataManager.tests.servers import unavailable
 
 
-CHROMIUM = '/usr/bin/chromium'
-CHROMEDRIVER = '/usr/bin/chromedriver'
+# Debian's, unless the environment names others (GitHub's runners have
+# Google Chrome and its ChromeDriver elsewhere).
+CHROMIUM = os.environ.get('BEAKER_TEST_CHROMIUM', '/usr/bin/chromium')
+CHROMEDRIVER = os.environ.get('BEAKER_TEST_CHROMEDRIVER',
+                              '/usr/bin/chromedriver')
 REPOSITORY = os.path.abspath(os.path.join(
     os.path.dirname(__file__), *['..'] * 4))
 DEMO = os.path.join(REPOSITORY, 'demo')

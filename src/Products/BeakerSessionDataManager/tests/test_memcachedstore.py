@@ -89,6 +89,31 @@ class MemcachedStoreTests(unittest.TestCase):
             store.merge(secrets.token_hex(16),
                         lambda old: record(big='x' * 2 ** 21))
 
+    def test_versions_dropped_by_another_load_are_read_again(self):
+        # python-memcached forgets every version it holds past a limit
+        # (here: at once); a write must then read the version again, not
+        # store without comparing.
+        store = self.make_store()
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(n=1))
+        store.load(session_id)
+        store.client.reset_cas()
+        other = self.make_store()
+        other.load(session_id)
+        other.merge(session_id, lambda old: dict(old, other=1))
+        store.merge(session_id, lambda old: dict(old or {}, n=2))
+        self.assertEqual(
+            {key: value for key, value in store.load(session_id).items()
+             if not key.startswith('_')}, {'n': 2, 'other': 1})
+
+    def test_many_versions_are_forgotten(self):
+        # As if this thread had read 2000 other items.
+        store = self.make_store()
+        store.client.cas_ids.update(
+            {('item-%d' % n).encode(): n for n in range(2000)})
+        store.load(secrets.token_hex(16))
+        self.assertLessEqual(len(store.client.cas_ids), 1)
+
     def test_deleting(self):
         store = self.make_store()
         session_id = secrets.token_hex(16)

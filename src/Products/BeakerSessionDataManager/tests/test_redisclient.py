@@ -4,9 +4,15 @@ Every test writes behind the back of the store under test (redis-py,
 Beaker's own session, a second store with a client of its own) and checks
 that the store's next read sees the write, on a real redis-server.
 """
+import datetime
+import ipaddress
+import os
 import pickle
 import secrets
+import shutil
 import socket
+import ssl
+import tempfile
 import time
 import unittest
 
@@ -28,6 +34,8 @@ def record(**data):
 class RedisFixture:
 
     server_args = ()
+    # redis-py's, for the test's own client.
+    client_options = {}
 
     @classmethod
     def setUpClass(cls):
@@ -38,10 +46,14 @@ class RedisFixture:
         cls.server.cleanup()
 
     def setUp(self):
-        self.redis = self.server.client()
+        self.redis = self.client()
         self.addCleanup(self.redis.close)
         self.redis.flushdb()
         self.addCleanup(self.forget_clients)
+
+    def client(self):
+        import redis
+        return redis.Redis(port=self.server.port, **self.client_options)
 
     def forget_clients(self):
         with redisstore._clients_lock:
@@ -162,7 +174,7 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         self.store.load(self.session_id)
         self.server.stop()
         self.server.start()
-        self.redis = self.server.client()
+        self.redis = self.client()
         self.redis.set(self.key, self.redis_value(n=11))
         self.assertEqual(self.store.load(self.session_id)['n'], 11)
 
@@ -177,6 +189,26 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         self.settled()
         self.assertEqual([store.load(session_id)['n'] for session_id in ids],
                          list(range(100, 130)))
+
+    def test_a_large_session_arrives_in_pieces(self):
+        big = 'x' * 300000
+        self.store.merge(self.session_id, lambda old: dict(old, big=big))
+        other = self.make_store(cache_size=0)
+        self.assertEqual(other.load(self.session_id)['big'], big)
+
+    def test_a_value_that_is_no_pickle_reads_as_no_session(self):
+        self.redis.set(self.key, b'not a pickle')
+        self.settled()
+        self.assertIsNone(self.store.load(self.session_id))
+
+    def test_without_cache_a_restart_is_found_out_and_retried(self):
+        store = self.make_store(cache_size=0)
+        store.load(self.session_id)
+        self.server.stop()
+        self.server.start()
+        self.redis = self.client()
+        # The connection the store had is dead; the command is sent again.
+        self.assertIsNone(store.load(self.session_id))
 
     def test_without_cache_every_read_is_a_get(self):
         store = self.make_store(cache_size=0)
@@ -206,16 +238,164 @@ class NoTrackingTests(RedisFixture, unittest.TestCase):
         self.assertEqual(store.load(session_id)['n'], 2)
 
 
+class RESP2Tests(RedisFixture, unittest.TestCase):
+    """A server without HELLO, as Redis before 6: RESP2, no cache."""
+
+    server_args = ('--rename-command', 'HELLO', '', '--requirepass',
+                   'sesame-sesame')
+    client_options = {'password': 'sesame-sesame', 'protocol': 2}
+
+    def test_sessions_are_stored_and_read(self):
+        url = 'redis://:sesame-sesame@127.0.0.1:%d/0' % self.server.port
+        store = self.make_store(url=url)
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(n=1))
+        self.assertFalse(store.client.slot(
+            redisstore.KEY % session_id).connection.tracking)
+        loaded, trips = self.round_trips(store.load, session_id)
+        self.assertEqual((loaded['n'], trips), (1, 1))
+
+
+class UnixSocketTests(RedisFixture, unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.socket_dir = tempfile.mkdtemp()
+        cls.path = os.path.join(cls.socket_dir, 'redis.sock')
+        cls.server_args = ('--unixsocket', cls.path)
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.socket_dir, ignore_errors=True)
+
+    def test_a_unix_socket_url(self):
+        store = self.make_store(url='unix://%s?db=3' % self.path)
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(n=1))
+        self.redis.execute_command('SELECT', 3)
+        self.assertTrue(self.redis.exists(redisstore.KEY % session_id))
+        self.assertEqual(store.load(session_id)['n'], 1)
+
+
+class ReplyTypesTests(RedisFixture, unittest.TestCase):
+    """Every RESP3 reply type, as Redis's ``DEBUG PROTOCOL`` sends it."""
+
+    server_args = ('--enable-debug-command', 'yes')
+
+    def test_reply_types(self):
+        settings = redisclient.parse_url(self.server.url)
+        connection = redisclient.Connection(settings, lambda keys: None)
+        self.addCleanup(connection.close)
+        self.assertTrue(connection.tracking)
+
+        def protocol(kind):
+            return connection.execute('DEBUG', 'PROTOCOL', kind)
+
+        self.assertEqual(protocol('string'), b'Hello World')
+        self.assertEqual(protocol('integer'), 12345)
+        self.assertIsNone(protocol('null'))
+        self.assertEqual(protocol('double'), 3.141)
+        self.assertEqual(protocol('bignum'),
+                         1234567999999999999999999999999999999)
+        self.assertIs(protocol('true'), True)
+        self.assertIs(protocol('false'), False)
+        self.assertEqual(protocol('verbatim'),
+                         b'This is a verbatim\nstring')
+        self.assertEqual(protocol('map'), {0: False, 1: True, 2: False})
+        self.assertEqual(sorted(protocol('set')), [0, 1, 2])
+        self.assertEqual(protocol('attrib'), b'Some real reply following '
+                                             b'the attribute')
+        with self.assertRaises(redisclient.ReplyError):
+            connection.execute('NO-SUCH-COMMAND')
+        # The connection is still in step after an error.
+        self.assertEqual(connection.execute('PING'), b'PONG')
+
+
+def self_signed_certificate(directory):
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, '127.0.0.1')])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                       critical=True)
+        .sign(key, hashes.SHA256()))
+    cert_path = os.path.join(directory, 'redis.crt')
+    key_path = os.path.join(directory, 'redis.key')
+    with open(cert_path, 'wb') as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, 'wb') as f:
+        f.write(key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class TLSTests(RedisFixture, unittest.TestCase):
+    """``rediss://``: TLS, with the server's certificate checked."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.mkdtemp()
+        cls.certificate, key = self_signed_certificate(cls.directory)
+        cls.client_options = {'host': '127.0.0.1', 'ssl': True,
+                              'ssl_ca_certs': cls.certificate}
+        cls.server = servers.RedisServer()
+        cls.server.extra_args = [
+            '--port', '0', '--tls-port', str(cls.server.port),
+            '--tls-cert-file', cls.certificate, '--tls-key-file', key,
+            '--tls-ca-cert-file', cls.certificate,
+            '--tls-auth-clients', 'no']
+        cls.server.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    def url(self, query):
+        return 'rediss://127.0.0.1:%d/0?%s' % (self.server.port, query)
+
+    def test_sessions_over_tls_with_the_cache(self):
+        store = self.make_store(url=self.url(
+            'ssl_ca_certs=%s' % self.certificate))
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(n=1))
+        loaded, trips = self.round_trips(store.load, session_id)
+        self.assertEqual((loaded['n'], trips), (1, 0))
+        self.redis.set(redisstore.KEY % session_id,
+                       pickle.dumps(store.encode(record(n=2))))
+        self.redis.ping()
+        self.assertEqual(store.load(session_id)['n'], 2)
+
+    def test_an_unknown_certificate_is_refused(self):
+        store = self.make_store(url=self.url('socket_timeout=5'))
+        with self.assertRaises(ssl.SSLError):
+            store.load(secrets.token_hex(16))
+        unchecked = self.make_store(url=self.url('ssl_cert_reqs=none'))
+        self.assertIsNone(unchecked.load(secrets.token_hex(16)))
+
+
 class PasswordTests(RedisFixture, unittest.TestCase):
 
     server_args = ('--requirepass', 'sesame-sesame')
-
-    def setUp(self):
-        import redis
-        self.redis = redis.Redis(port=self.server.port,
-                                 password='sesame-sesame', db=2)
-        self.addCleanup(self.redis.close)
-        self.addCleanup(self.forget_clients)
+    client_options = {'password': 'sesame-sesame', 'db': 2}
 
     def test_the_password_of_the_url_is_sent(self):
         url = 'redis://:sesame-sesame@127.0.0.1:%d/2' % self.server.port
@@ -265,6 +445,13 @@ class URLTests(unittest.TestCase):
         self.assertTrue(parse('rediss://example.org')['ssl'])
         self.assertEqual(
             parse('redis://h?socket_timeout=2.5')['socket_timeout'], 2.5)
+
+    def test_other_schemes_and_missing_sockets(self):
+        with self.assertRaisesRegex(ValueError, 'not a redis://'):
+            redisclient.parse_url('http://127.0.0.1/')
+        settings = redisclient.parse_url('unix:///nonexistent/redis.sock')
+        with self.assertRaises(OSError):
+            redisclient.Connection(settings)
 
     def test_unknown_parameters_name_the_option(self):
         settings = {'session.type': 'ext:redis',
