@@ -100,9 +100,9 @@ class MemcachedStore(CompareAndSetStore):
                 stored = False
             if stored:
                 return record
-            # Another writer came first; or no server answered, or the
-            # item was too large, which python-memcached reports alike.
-            self._check_server(key)
+            # Another writer came first; or no server answered (the read
+            # finds that out), or the item was too large, which
+            # python-memcached reports alike.
             guessed = False
             current = self._gets(key)
             if current == expected and (expected is None

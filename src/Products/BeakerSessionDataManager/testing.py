@@ -37,6 +37,20 @@ PACKAGE_DIR = os.path.dirname(__file__)
 logger = logging.getLogger(__name__)
 
 
+def configure_file_sessions(prefix):
+    """Configure the file store in a new temporary directory; return it."""
+    from Products.BeakerSessionDataManager import config
+
+    directory = tempfile.mkdtemp(prefix=prefix)
+    config.configure({
+        'session.type': 'file',
+        'session.data_dir': os.path.join(directory, 'data'),
+        'session.lock_dir': os.path.join(directory, 'lock'),
+        'session.secret': secrets.token_hex(20),
+    })
+    return directory
+
+
 class BeakerSessionDataManagerFixture(Layer):
     """Zope with the session machinery installed and Beaker configured.
 
@@ -54,18 +68,10 @@ class BeakerSessionDataManagerFixture(Layer):
     defaultBases = (zope.STARTUP,)
 
     def setUp(self):
-        from Products.BeakerSessionDataManager import config
-
         self['zodbDB'] = zodb.stackDemoStorage(
             self.get('zodbDB'), name='BeakerSessionDataManagerFixture')
-        self.tmpdir = tempfile.mkdtemp(prefix='beakersessions-')
-        self['beaker_dir'] = self.tmpdir
-        config.configure({
-            'session.type': 'file',
-            'session.data_dir': os.path.join(self.tmpdir, 'data'),
-            'session.lock_dir': os.path.join(self.tmpdir, 'lock'),
-            'session.secret': secrets.token_hex(20),
-        })
+        self.tmpdir = self['beaker_dir'] = configure_file_sessions(
+            'beakersessions-')
         self.setUpZCML()
         with zope.zopeApp() as app:
             for name in PRODUCTS:

@@ -29,6 +29,16 @@ SQL_TYPES = {
 }
 
 
+def age(store, session_id, seconds):
+    """Make the session's last access ``seconds`` older in ``store``."""
+    def older(record):
+        if record is None:  # A first guess of a compare-and-set store.
+            return None
+        record['_accessed_time'] -= seconds
+        return record
+    store.merge(session_id, older)
+
+
 def make_store(name, **options):
     """``(settings, cleanup)`` of a new store ``name``; ``options`` are
     more settings (``session.`` prefix added)."""

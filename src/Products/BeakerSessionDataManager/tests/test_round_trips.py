@@ -23,6 +23,7 @@ from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
 from Products.BeakerSessionDataManager.redisstore import RedisStore
 from Products.BeakerSessionDataManager.store import BeakerStore
 from Products.BeakerSessionDataManager.tests import servers
+from Products.BeakerSessionDataManager.tests import stores
 from Products.BeakerSessionDataManager.tests.test_conformance import \
     PublishingTestCase
 
@@ -77,12 +78,7 @@ return 'ok'
         return self.counts()
 
     def age(self, session_id, seconds):
-        def older(record):
-            if record is None:  # A first guess of the store.
-                return None
-            record['_accessed_time'] -= seconds
-            return record
-        self.store.merge(session_id, older)
+        stores.age(self.store, session_id, seconds)
 
 
 # What a writing request sends: one EVALSHA, which runs these inside Redis.

@@ -65,12 +65,7 @@ return '%s %s' % (session['count'], session.getContainerKey())
 
     def age(self, session_id, seconds):
         """Make the session's last access ``seconds`` older."""
-        def older(record):
-            if record is None:  # A first guess of the store.
-                return None
-            record['_accessed_time'] -= seconds
-            return record
-        self.store.merge(session_id, older)
+        stores.age(self.store, session_id, seconds)
 
     def test_concurrent_merges_of_different_keys_lose_none(self):
         # Two store objects (two instances) and several threads write

@@ -1,8 +1,5 @@
 """A Plone 6 site whose root ``session_data_manager`` is a Beaker one."""
-import os
-import secrets
 import shutil
-import tempfile
 
 import Products.Sessions
 from plone.app.testing import PLONE_FIXTURE
@@ -14,6 +11,7 @@ import Products.BeakerSessionDataManager
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager.testing import \
     addBeakerSessionDataManager
+from Products.BeakerSessionDataManager.testing import configure_file_sessions
 from Products.BeakerSessionDataManager.testing import replaceSessionDataManager
 from Products.BeakerSessionDataManager.tests import plone as plone_tests
 
@@ -30,14 +28,8 @@ class BeakerPloneLayer(PloneSandboxLayer):
     defaultBases = (PLONE_FIXTURE,)
 
     def setUpZope(self, app, configurationContext):
-        self.tmpdir = tempfile.mkdtemp(prefix='beakersessions-plone-')
-        self['beaker_dir'] = self.tmpdir
-        config.configure({
-            'session.type': 'file',
-            'session.data_dir': os.path.join(self.tmpdir, 'data'),
-            'session.lock_dir': os.path.join(self.tmpdir, 'lock'),
-            'session.secret': secrets.token_hex(20),
-        })
+        self.tmpdir = self['beaker_dir'] = configure_file_sessions(
+            'beakersessions-plone-')
         self.loadZCML(package=Products.Sessions)
         self.loadZCML(package=Products.BeakerSessionDataManager)
         self.loadZCML(package=plone_tests)
