@@ -171,7 +171,7 @@ class Servers:
 class Target:
     """One Zope instance serving the scripts with one kind of session."""
 
-    def __init__(self, name, threads, servers):
+    def __init__(self, name, threads, servers, options=None):
         self.name = name
         self.servers = servers
         self.store_process = None
@@ -179,6 +179,7 @@ class Target:
         product_config = None
         if name in OURS:
             product_config = {'session.secret': secrets.token_urlsafe(36)}
+            product_config.update(options or {})
             if name in ('memory', 'file'):
                 product_config['session.type'] = name
             elif name == 'redis':

@@ -21,7 +21,9 @@ import os
 import select
 import socket
 import ssl
+import struct
 import threading
+import weakref
 from urllib.parse import parse_qs
 from urllib.parse import unquote
 from urllib.parse import urlsplit
@@ -36,6 +38,8 @@ SSL_CERT_REQS = {'none': ssl.CERT_NONE, 'optional': ssl.CERT_OPTIONAL,
 URL_OPTIONS = ('db', 'socket_timeout', 'socket_connect_timeout',
                'ssl_cert_reqs', 'ssl_ca_certs', 'ssl_check_hostname')
 MISSING = object()
+# Every slot of the process, to let a forked child forget their sockets.
+_slots = weakref.WeakSet()
 
 
 class ReplyError(Exception):
@@ -113,6 +117,7 @@ class Connection:
         self.tracking = False
         self.buffer = b''
         self.sock = self._connect()
+        self.tls = isinstance(self.sock, ssl.SSLSocket)
         self.poller = select.poll()
         self.poller.register(self.sock.fileno(), select.POLLIN)
         try:
@@ -145,7 +150,17 @@ class Connection:
             context.verify_mode = settings['ssl_cert_reqs']
             sock = context.wrap_socket(
                 sock, server_hostname=settings.get('host'))
-        sock.settimeout(settings['socket_timeout'])
+            sock.settimeout(settings['socket_timeout'])
+            return sock
+        # A blocking socket with the timeout kept by the kernel: with a
+        # Python timeout, every send and receive polls first, two system
+        # calls, each letting another thread take the GIL, where one does.
+        sock.settimeout(None)
+        seconds = settings['socket_timeout']
+        if seconds:
+            timeval = struct.pack('ll', *divmod(round(seconds * 1e6), 10**6))
+            for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+                sock.setsockopt(socket.SOL_SOCKET, option, timeval)
         return sock
 
     def _handshake(self):
@@ -185,7 +200,10 @@ class Connection:
     def execute(self, *command):
         """Send ``command`` and return its reply, taking in the notices
         that come before it."""
-        self.sock.sendall(pack(command))
+        try:
+            self.sock.sendall(pack(command))
+        except BlockingIOError:
+            raise self._timeout()
         while True:
             reply = self._reply()
             if type(reply) is Push:
@@ -204,7 +222,7 @@ class Connection:
             self._notice(reply)
 
     def _pending(self):
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        if self.tls and self.sock.pending():
             return True
         return bool(self.poller.poll(0))
 
@@ -215,8 +233,17 @@ class Connection:
 
     # -- reading RESP2 and RESP3 --
 
+    def _timeout(self):
+        return TimeoutError('Redis did not answer within %s seconds '
+                            '(socket_timeout)'
+                            % self.settings['socket_timeout'])
+
     def _fill(self):
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            # The kernel's SO_RCVTIMEO ran out.
+            raise self._timeout()
         if not data:
             raise ConnectionError('Redis closed the connection')
         self.buffer += data
@@ -293,8 +320,8 @@ class Slot:
         self.cache = {}
         self.caching = cache_size > 0
         self.connection = None
-        self.pid = None
         self.lock = threading.Lock()
+        _slots.add(self)
 
     def run(self, *command):
         """Send ``command`` (holding the lock) on a working connection.
@@ -316,11 +343,11 @@ class Slot:
 
     def cached(self, key):
         """The value of ``key`` as the cache has it, or MISSING."""
-        if self.connection is None or not self.connection.tracking \
-                or self.pid != os.getpid():
+        connection = self.connection
+        if connection is None or not connection.tracking:
             return MISSING
         try:
-            self.connection.take_notices()
+            connection.take_notices()
         except BaseException:
             self._drop()
             return MISSING
@@ -339,18 +366,27 @@ class Slot:
 
     def _connection(self):
         """Whether the connection had to be made for this command."""
-        if self.connection is not None and self.pid == os.getpid():
+        if self.connection is not None:
             return False
-        self._drop()
         self.connection = Connection(
             self.settings, self._invalidate if self.caching else None)
-        self.pid = os.getpid()
         return True
 
     def _drop(self):
         # The notices of a lost connection are lost with it.
         self.cache.clear()
         if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+    def _after_fork(self):
+        """In a forked child: the parent's connection, its cache and its
+        lock (maybe held by a thread the child does not have) are not
+        ours."""
+        self.lock = threading.Lock()
+        self.cache.clear()
+        if self.connection is not None:
+            # Closing our copy of the socket leaves the parent's open.
             self.connection.close()
             self.connection = None
 
@@ -373,3 +409,12 @@ class Client:
 
     def slot(self, key):
         return self.slots[hash(key) % SLOTS]
+
+
+def _forget_connections_in_child():
+    for slot in list(_slots):
+        slot._after_fork()
+
+
+# Instead of comparing process ids on every read (a system call each).
+os.register_at_fork(after_in_child=_forget_connections_in_child)

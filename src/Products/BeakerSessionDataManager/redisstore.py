@@ -84,7 +84,13 @@ class RedisStore(CompareAndSetStore):
 
     def load(self, session_id):
         """See ISessionStore."""
-        raw = self._get(KEY % session_id)
+        key = KEY % session_id
+        slot = self.client.slot(key)
+        with slot.lock:
+            raw = slot.cached(key)
+            if raw is MISSING:
+                raw = slot.run('GET', key)
+                slot.keep(key, raw)
         self._remember(session_id, raw)
         return self._record(raw)
 
@@ -100,7 +106,7 @@ class RedisStore(CompareAndSetStore):
         else:
             # The cache's, or a guess that there is none (a new session):
             # a wrong guess costs one more compare-and-set, as a GET would.
-            expected = self._get(key, cached_only=True)
+            expected = self._cached(key)
         ttl = int(self.ttl) if self.ttl else ''
         slot = self.client.slot(key)
         for _ in range(MAX_ATTEMPTS):
@@ -133,17 +139,12 @@ class RedisStore(CompareAndSetStore):
 
     # -- helpers --
 
-    def _get(self, key, cached_only=False):
-        """The stored value of ``key``: from the cache, or one GET."""
+    def _cached(self, key):
+        """The cache's value of ``key``, or None."""
         slot = self.client.slot(key)
         with slot.lock:
             raw = slot.cached(key)
-            if raw is MISSING:
-                if cached_only:
-                    return None
-                raw = slot.run('GET', key)
-                slot.keep(key, raw)
-        return raw
+        return None if raw is MISSING else raw
 
     def _record(self, raw):
         if raw is None:

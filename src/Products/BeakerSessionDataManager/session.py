@@ -4,6 +4,7 @@ It holds the data loaded from the store for one request and records what
 the request changes, so that the transaction data manager can write just
 those changes onto the latest stored state at commit.
 """
+import marshal
 import pickle
 import time
 from hashlib import sha256
@@ -24,6 +25,8 @@ ID_ONLY = '_browser_id_only'
 # Keys Beaker and this product keep in the record beside the user's data.
 INTERNAL_KEYS = frozenset([CREATED, ACCESSED, MODIFIED, ID_ONLY, '_domain',
                            '_path', '_id'])
+# Beaker's own bookkeeping keys, which this product does not use.
+BEAKER_KEYS = ('_domain', '_path', '_id')
 # Seconds between access-time writes of a session that is only read (the
 # value Products.Transience uses).
 WRITE_GRANULARITY = 30
@@ -41,6 +44,16 @@ def is_immutable(value):
 
 
 def fingerprint(value):
+    """Bytes that change when ``value`` changes.
+
+    marshal takes the builtin types (the usual session values) several
+    times faster than pickle; version 2 writes no back references, which
+    would depend on reference counts.  Other types are pickled.
+    """
+    try:
+        return marshal.dumps(value, 2)
+    except ValueError:
+        pass
     try:
         return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -48,9 +61,16 @@ def fingerprint(value):
 
 
 def split_record(record):
-    """Separate the user's data from Beaker's bookkeeping keys."""
-    return {key: value for key, value in record.items()
-            if key not in INTERNAL_KEYS}
+    """Separate the user's data from Beaker's bookkeeping keys: returns
+    (data, creation time, access time, modification time, browser id
+    only)."""
+    data = dict(record)
+    times = (data.pop(CREATED, None), data.pop(ACCESSED, None),
+             data.pop(MODIFIED, None), bool(data.pop(ID_ONLY, False)))
+    for key in BEAKER_KEYS:
+        if key in data:
+            del data[key]
+    return (data,) + times
 
 
 @implementer(IBeakerSessionData)
@@ -60,19 +80,28 @@ class BeakerSessionData(Implicit):
     security = ClassSecurityInfo()
     security.setDefaultAccess('allow')
     security.declareObjectPublic()
+    # What the default allows anyway, declared so that restricted code
+    # finds the roles at once instead of acquiring them on every call.
+    security.declarePublic(  # NOQA: D001
+        'get', 'keys', 'values', 'items', 'has_key', 'set', 'delete',
+        'clear', 'update', 'setdefault', 'pop', 'getId', 'getName',
+        'getContainerKey', 'invalidate', 'isValid', 'getLastAccessed',
+        'setLastAccessed', 'getLastModified', 'setLastModified',
+        'getCreated', 'getTimeoutMinutes', '__getitem__', '__contains__',
+        '__len__', '__iter__')
 
     def __init__(self, session_id, record=None,
-                 write_granularity=WRITE_GRANULARITY):
-        now = time.time()
+                 write_granularity=WRITE_GRANULARITY, now=None):
+        if now is None:
+            now = time.time()
         self._id = session_id
         self._is_new = record is None
-        record = record or {}
-        self._created = record.get(CREATED, now)
-        self._last_accessed = record.get(ACCESSED, now)
-        self._last_modified = record.get(MODIFIED)
-        self._id_only = bool(record.get(ID_ONLY))
-        self._data = split_record(record)
-        self._saved = dict(self._data)
+        (self._data, created, accessed, self._last_modified,
+         self._id_only) = split_record(record or {})
+        self._created = now if created is None else created
+        self._last_accessed = now if accessed is None else accessed
+        # The data as loaded, copied before the first change (rollback).
+        self._saved = None
         self._write_granularity = write_granularity
         self._invalid = False
         self._forget_changes()
@@ -91,6 +120,11 @@ class BeakerSessionData(Implicit):
         """Make sure the current transaction will write this session."""
         if self._writer is not None:
             self._writer.join()
+
+    def _changing_data(self):
+        """Keep the loaded data for a rollback, before changing it."""
+        if self._saved is None:
+            self._saved = dict(self._data)
 
     def _changing(self, key):
         self._changed.add(key)
@@ -160,12 +194,13 @@ class BeakerSessionData(Implicit):
         self._forget_changes()
         if record is not None:
             self._last_accessed = record[ACCESSED]
-            self._data = split_record(record)
-            self._saved = dict(self._data)
+            self._data = split_record(record)[0]
+            self._saved = None
 
     def _rollback(self):
         """The transaction aborted: back to the last stored state."""
-        self._data = dict(self._saved)
+        if self._saved is not None:
+            self._data, self._saved = self._saved, None
         self._invalid = False
         self._forget_changes()
 
@@ -176,6 +211,7 @@ class BeakerSessionData(Implicit):
                 self._last_modified)
 
     def _restore(self, snapshot):
+        self._changing_data()
         (data, self._changed, self._deleted, self._cleared,
          self._read_mutables, self._invalid, self._last_modified) = snapshot
         self._data = pickle.loads(data)
@@ -264,12 +300,14 @@ class BeakerSessionData(Implicit):
     has_key = __contains__
 
     def __setitem__(self, key, value):
+        self._changing_data()
         self._data[key] = value
         self._changing(key)
 
     set = __guarded_setitem__ = __setitem__
 
     def __delitem__(self, key):
+        self._changing_data()
         del self._data[key]
         self._changing(key)
         self._changed.discard(key)
@@ -278,7 +316,8 @@ class BeakerSessionData(Implicit):
     delete = __guarded_delitem__ = __delitem__
 
     def clear(self):
-        self._data.clear()
+        self._changing_data()
+        self._data = {}
         self._forget_changes()
         self._cleared = True
         self._last_modified = time.time()

@@ -290,9 +290,10 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         else:
             granularity = configuration.write_granularity
             timeout = configuration.timeout
-        session = BeakerSessionData(session_id, record, granularity)
+        now = time.time()
+        session = BeakerSessionData(session_id, record, granularity, now)
         SessionWriter(session, store, timeout=timeout)
-        if record is None or session._needs_write(time.time()):
+        if record is None or now - session._last_accessed > granularity:
             # New, or last accessed before the write granularity: the
             # commit records this access.
             session._register()

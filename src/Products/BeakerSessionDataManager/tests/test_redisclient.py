@@ -216,6 +216,29 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         loaded, trips = self.round_trips(store.load, self.session_id)
         self.assertEqual((loaded['n'], trips), (1, 1))
 
+    @unittest.skipUnless(hasattr(os, 'fork'), 'needs os.fork')
+    def test_a_forked_child_has_connections_and_a_cache_of_its_own(self):
+        # The child must not read the replies meant for its parent, nor
+        # trust the parent's cache: nobody tells it about later writes.
+        self.store.load(self.session_id)
+        pid = os.fork()
+        if pid == 0:  # The child.
+            code = 1
+            try:
+                slot = self.store.client.slot(self.key)
+                if slot.connection is None and not slot.cache:
+                    self.store.merge(self.session_id,
+                                     lambda old: dict(old, n=old['n'] + 1))
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        # The parent's connection and cache still work, and learnt of the
+        # child's write.
+        self.settled()
+        self.assertEqual(self.store.load(self.session_id)['n'], 2)
+
     def redis_value(self, **data):
         # A record as Beaker writes it: the pickled encoded string.
         return pickle.dumps(self.store.encode(record(**data)))
