@@ -178,6 +178,9 @@ class SessionConfiguration:
         elif self.type == 'ext:memcached':
             # Beaker's records, with memcached's compare-and-set.
             from .memcachedstore import MemcachedStore as store_class
+        elif self.type == 'file' and os.name == 'posix':
+            # Beaker's files, read without a lock: they are replaced whole.
+            from .filestore import FileStore as store_class
         if self.type != 'ext:redis' and 'client_cache_size' in self.given:
             raise ConfigurationError(
                 'session.client_cache_size: only session.type ext:redis '
