@@ -82,14 +82,24 @@ class LockFreeReadTests(unittest.TestCase):
         self.assertEqual(process.stdout.readline().strip(), 'ready')
         return process
 
-    def test_a_read_does_not_wait_for_a_writer(self):
+    def holding_the_lock(self, then=''):
+        """A Beaker process that takes the session's lock, says 'ready',
+        and waits for ``go`` to run ``then``, still holding it."""
         self.store.merge(self.session_id, lambda record: {
             '_creation_time': 1.0, '_accessed_time': time.time(), 'n': 1})
-        writer = self.beaker('''\
+        return self.beaker(textwrap.dedent('''\
             session.namespace.acquire_write_lock()
             print('ready', flush=True)
             sys.stdin.readline()
-            ''')
+            ''') + textwrap.dedent(then))
+
+    @staticmethod
+    def go(process):
+        process.stdin.write('go\n')
+        process.stdin.flush()
+
+    def test_a_read_does_not_wait_for_a_writer(self):
+        writer = self.holding_the_lock()
         loaded = []
         reader = threading.Thread(
             target=lambda: loaded.append(self.store.load(self.session_id)),
@@ -99,16 +109,10 @@ class LockFreeReadTests(unittest.TestCase):
         # the writer lets go, which it does only when told below.
         reader.join(30)
         self.assertEqual(loaded and loaded[0]['n'], 1)
-        writer.stdin.write('done\n')
-        writer.stdin.flush()
+        self.go(writer)
 
     def test_a_write_waits_for_beakers_lock_and_merges_onto_its_write(self):
-        self.store.merge(self.session_id, lambda record: {
-            '_creation_time': 1.0, '_accessed_time': time.time(), 'n': 1})
-        writer = self.beaker('''\
-            session.namespace.acquire_write_lock()
-            print('ready', flush=True)
-            sys.stdin.readline()
+        writer = self.holding_the_lock('''\
             session['theirs'] = 1
             session.save()
             session.namespace.release_write_lock()
@@ -119,8 +123,7 @@ class LockFreeReadTests(unittest.TestCase):
         merging.start()
         merging.join(1)
         self.assertTrue(merging.is_alive())  # Waiting for Beaker's lock.
-        writer.stdin.write('go\n')
-        writer.stdin.flush()
+        self.go(writer)
         self.assertEqual(writer.stdout.readline().strip(), 'saved')
         merging.join(30)
         self.assertFalse(merging.is_alive())
