@@ -178,6 +178,9 @@ class SessionConfiguration:
         elif self.type == 'ext:memcached':
             # Beaker's records, with memcached's compare-and-set.
             from .memcachedstore import MemcachedStore as store_class
+        elif self.type in ('ext:database', 'ext:sqla'):
+            # Beaker's rows, read in one round trip.
+            from .sqlstore import SqlStore as store_class
         elif self.type == 'file' and os.name == 'posix':
             # Beaker's files, read without a lock: they are replaced whole.
             from .filestore import FileStore as store_class

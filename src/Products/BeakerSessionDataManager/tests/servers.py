@@ -286,6 +286,12 @@ def postgresql_url():
     return POSTGRESQL_URL
 
 
+def host_and_port(database_url):
+    import sqlalchemy
+    url = sqlalchemy.engine.make_url(database_url)
+    return url.host or '127.0.0.1', url.port or 5432
+
+
 def unique_name(prefix='beaker_test'):
     """A table or schema name no other test run uses."""
     return '%s_%s' % (prefix, uuid.uuid4().hex[:12])
@@ -377,3 +383,104 @@ class TcpProxy:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+
+class PostgreSQLQueryCounter:
+    """A TCP proxy in front of PostgreSQL that counts the queries clients
+    send: round trips, counted on the wire, not timed.
+
+    psycopg2 sends each statement as one simple-protocol ``Query``
+    message (``Q``), its own ``BEGIN`` included, and waits for the answer;
+    ``queries`` lists their texts.  Connect with ``sslmode=disable``: the
+    proxy reads the messages.
+    """
+
+    def __init__(self, host='127.0.0.1', port=5432):
+        self.target = (host, port)
+        self.queries = []
+        self.sockets = []
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, database_url):
+        """``database_url`` through the proxy."""
+        import sqlalchemy
+        url = sqlalchemy.engine.make_url(database_url).set(
+            host='127.0.0.1', port=self.port)
+        return url.update_query_dict({'sslmode': 'disable'}).render_as_string(
+            hide_password=False)
+
+    def close(self):
+        self.listener.close()
+        self.drop_connections()
+
+    def drop_connections(self):
+        """Cut every connection, as a database restart does."""
+        for end in self.sockets:
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        del self.sockets[:]
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # Closed.
+            server = socket.create_connection(self.target)
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False),
+                             daemon=True).start()
+
+    def _pump(self, source, sink, from_client):
+        buffer, started = b'', False
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if from_client:
+                    # Before passing it on: the answer comes after.
+                    buffer, started = self._count(buffer + data, started)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _count(self, buffer, started):
+        """Take the whole messages off ``buffer``; what is left, and
+        whether the start-up (messages without a type byte) is over."""
+        while True:
+            if not started:
+                if len(buffer) < 8:
+                    return buffer, started
+                length = int.from_bytes(buffer[:4], 'big')
+                if len(buffer) < length:
+                    return buffer, started
+                code = int.from_bytes(buffer[4:8], 'big')
+                # SSLRequest and GSSENCRequest come before the start-up.
+                started = code not in (80877103, 80877104)
+                buffer = buffer[length:]
+                continue
+            if len(buffer) < 5:
+                return buffer, started
+            length = int.from_bytes(buffer[1:5], 'big')
+            if len(buffer) < length + 1:
+                return buffer, started
+            if buffer[:1] == b'Q':
+                self.queries.append(
+                    buffer[5:length].rstrip(b'\0').decode(errors='replace'))
+            buffer = buffer[length + 1:]

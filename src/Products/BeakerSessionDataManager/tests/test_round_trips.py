@@ -7,8 +7,11 @@ makes inside the server.  Each test resets the counters (``CONFIG
 RESETSTAT``), publishes one request and reads them; the test's own two
 commands (the reset and the ``INFO``) are subtracted.  memcached's
 ``stats`` count commands, each of which is a round trip for
-python-memcached.  No timing: these are counts.
+python-memcached.  PostgreSQL is reached through a proxy that lists the
+statements psycopg2 sends, one message and one answer each.  No timing:
+these are counts.
 """
+import functools
 import secrets
 import socket
 import time
@@ -46,8 +49,25 @@ def dedicated_memcached():
     return settings, server.cleanup
 
 
+def counted_postgresql():
+    """Settings of an SQL store on PostgreSQL, through a proxy that counts
+    the queries; the proxy is ``COUNTERS['postgresql']``."""
+    url = servers.postgresql_url()
+    counter = COUNTERS['postgresql'] = servers.PostgreSQLQueryCounter(
+        *servers.host_and_port(url))
+    table_name = servers.unique_name()
+    settings = {'session.type': 'ext:database',
+                'session.url': counter.url(url),
+                'session.table_name': table_name, 'session.secret': SECRET}
+    return settings, functools.partial(
+        stores.drop_table, url, table_name, counter.close)
+
+
+COUNTERS = {}
 REDIS_TESTING = testing.store_functional_testing(
     'RoundTripsRedis', dedicated_redis)
+POSTGRESQL_TESTING = testing.store_functional_testing(
+    'RoundTripsPostgreSQL', counted_postgresql)
 MEMCACHED_TESTING = testing.store_functional_testing(
     'RoundTripsMemcached', dedicated_memcached)
 
@@ -299,3 +319,67 @@ class MemcachedRoundTrips(Counting):
         self.assertEqual(self.counts(), (3, {'cmd_get': 1, 'cmd_set': 2}))
         self.assertEqual(self.store.load(session_id),
                          {'a': 1, 'b': 2, 'c': 3})
+
+
+def statement(query):
+    """What a query is, without its table and values."""
+    words = query.split()
+    if words[0] != 'SELECT':
+        return words[0]
+    what = words[1].split('(')[0]
+    return 'SELECT ' + ('data' if what.endswith('.data') else what)
+
+
+# A merge: the pool's connection check, then one transaction under the
+# session's lock with a bounded wait.
+MERGE = ['SELECT 1', 'BEGIN', 'SELECT set_config',
+         'SELECT pg_advisory_xact_lock', 'SELECT data']
+
+
+class PostgreSQLRoundTrips(Counting):
+    """psycopg2 sends each statement, its ``BEGIN`` and ``COMMIT``
+    included, as one message and waits for the answer: a round trip each.
+    The proxy in front of the server lists them."""
+
+    layer = POSTGRESQL_TESTING
+
+    def setUp(self):
+        super().setUp()
+        self.counter = COUNTERS['postgresql']
+
+    def reset(self):
+        # The reading engine's connection made beforehand, as in a Zope
+        # that has served a while (the merge's made by the first request).
+        self.store.load(secrets.token_hex(16))
+        del self.counter.queries[:]
+
+    def counts(self):
+        return [statement(query) for query in self.counter.queries]
+
+    def test_untouched_page_costs_nothing(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.assertEqual(self.counted(browser, '/untouched'), [])
+
+    def test_reading_inside_the_write_granularity_is_one_select(self):
+        browser = self.browser()
+        self.get(browser, '/cart')
+        self.assertEqual(self.counted(browser, '/read'), ['SELECT data'])
+
+    def test_write_is_a_read_and_a_locked_transaction(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.assertEqual(self.counted(browser, '/count'),
+                         ['SELECT data'] + MERGE + ['UPDATE', 'COMMIT'])
+
+    def test_new_session_is_a_locked_transaction(self):
+        self.assertEqual(self.counted(self.browser(), '/count'),
+                         MERGE + ['INSERT', 'COMMIT'])
+
+    def test_a_connection_the_database_dropped_is_replaced(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.counter.drop_connections()
+        self.assertEqual(self.get(browser, '/read'), '1 None')
+        self.counter.drop_connections()
+        self.assertEqual(self.get(browser, '/count'), '2')
