@@ -5,11 +5,12 @@ namespaces (``ext:database``, ``ext:sqla``), and the same merge: one
 database transaction under the session's lock
 (``namespaces.TransactionalSqlNamespace``).  Reads go through an engine of
 their own, in autocommit mode and without the pool's ping: one ``SELECT``,
-where the merge's engine sends a ping, the ``SELECT`` and a ``ROLLBACK``.
-A connection the database dropped (a restart) fails its read once; the
-pool then drops the connections it had and the read is sent again on a
-new one.
+where the merge's engine sends a ping, ``BEGIN``, the ``SELECT`` and a
+``ROLLBACK``.  A connection the database dropped (a restart) fails its
+read once; the pool then drops the connections it had and the read is
+sent again on a new one.
 """
+import pickle
 import threading
 
 from .store import RECORD_KEY
@@ -26,22 +27,17 @@ class SqlStore(BeakerStore):
 
     def load(self, session_id):
         """See ISessionStore."""
-        import sqlalchemy as sa
-        engine, table = self._read_engine()
-        query = sa.select(table.c.data).where(table.c.namespace == session_id)
-        try:
-            row = select_one(engine, query)
-        except sa.exc.DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            row = select_one(engine, query)
-        contents = row.data if row is not None else None
+        data = self.reader().data(session_id)
+        if data is None:
+            return None
+        # What the column's PickleType would do, and Beaker's namespace.
+        contents = pickle.loads(bytes(data))
         raw = contents.get(RECORD_KEY) if isinstance(contents, dict) else None
         return self._live(self._decoded(raw))
 
-    def _read_engine(self):
-        """The engine for reads and the table, made at the first read; the
-        merge's namespace makes the table if it is missing."""
+    def reader(self):
+        """The reader, made at the first read; the merge's namespace makes
+        the table if it is missing."""
         with self._reader_lock:
             if self._reader is None:
                 import sqlalchemy as sa
@@ -49,12 +45,48 @@ class SqlStore(BeakerStore):
                 options = dict(self.namespace_args.get('sa_opts') or {})
                 options['sa.url'] = namespace.bind.url
                 options['sa.pool_pre_ping'] = False
-                self._reader = (sa.engine_from_config(
-                    options, 'sa.', isolation_level='AUTOCOMMIT'),
-                    namespace.table)
+                engine = sa.engine_from_config(
+                    options, 'sa.', isolation_level='AUTOCOMMIT')
+                self._reader = Reader(engine, namespace.table)
             return self._reader
 
 
-def select_one(engine, query):
-    with engine.connect() as connection:
-        return connection.execute(query).first()
+class Reader:
+    """Reads the ``data`` column of a session's row: the statement is
+    compiled once and sent on the engine's DBAPI connections, without
+    SQLAlchemy's execution machinery, which costs more than the query."""
+
+    def __init__(self, engine, table):
+        import sqlalchemy as sa
+        compiled = sa.select(table.c.data).where(
+            table.c.namespace == sa.bindparam('session_id')).compile(
+                dialect=engine.dialect)
+        self.engine = engine
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.errors = engine.dialect.loaded_dbapi.Error
+
+    def data(self, session_id):
+        """The pickled data of the session's row, or None."""
+        params = ((session_id,) if self.positional
+                  else {'session_id': session_id})
+        for retry in (False, True):
+            connection = self.engine.raw_connection()
+            cursor = None
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self.sql, params)
+                row = cursor.fetchone()
+                cursor.close()
+            except self.errors as exc:
+                if retry or not self.engine.dialect.is_disconnect(
+                        exc, connection.dbapi_connection, cursor):
+                    raise
+                # Dropped by the database (a restart), and so are the
+                # pool's others: the read goes on a new connection.
+                connection.invalidate(exc)
+                self.engine.dispose()
+                continue
+            finally:
+                connection.close()
+            return None if row is None else row[0]
