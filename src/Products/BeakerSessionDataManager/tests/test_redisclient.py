@@ -239,6 +239,19 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         self.settled()
         self.assertEqual(self.store.load(self.session_id)['n'], 2)
 
+    def test_after_a_fork_every_slot_starts_afresh(self):
+        # What the forked child runs, here in the test's own process.
+        self.store.load(self.session_id)
+        slot = self.store.client.slot(self.key)
+        lock = slot.lock
+        redisclient._forget_connections_in_child()
+        self.assertIsNone(slot.connection)
+        self.assertEqual(slot.cache, {})
+        self.assertIsNot(slot.lock, lock)
+        # A new connection (HELLO, CLIENT TRACKING), then the GET.
+        loaded, trips = self.round_trips(self.store.load, self.session_id)
+        self.assertEqual((loaded['n'], trips), (1, 3))
+
     def redis_value(self, **data):
         # A record as Beaker writes it: the pickled encoded string.
         return pickle.dumps(self.store.encode(record(**data)))

@@ -22,6 +22,7 @@ from beaker.middleware import SessionMiddleware
 from beaker.session import Session
 
 from Products.BeakerSessionDataManager import testing
+from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
 from Products.BeakerSessionDataManager.redisstore import RedisStore
 from Products.BeakerSessionDataManager.store import BeakerStore
@@ -383,3 +384,19 @@ class PostgreSQLRoundTrips(Counting):
         self.assertEqual(self.get(browser, '/read'), '1 None')
         self.counter.drop_connections()
         self.assertEqual(self.get(browser, '/count'), '2')
+
+    def test_a_failing_read_is_not_sent_again(self):
+        # Only a dropped connection is: an error of the query is the
+        # answer.
+        settings = dict(self.configuration.options)
+        store = SessionConfiguration({
+            'session.type': 'ext:database', 'session.secret': SECRET,
+            'session.url': settings['url'],
+            'session.table_name': servers.unique_name()}).store
+        store.load(secrets.token_hex(16))  # Makes the table.
+        stores.drop_table(servers.postgresql_url(),
+                          store.namespace_args['table_name'])
+        del self.counter.queries[:]
+        with self.assertRaisesRegex(Exception, 'does not exist'):
+            store.load(secrets.token_hex(16))
+        self.assertEqual(self.counts(), ['SELECT data'])

@@ -1,4 +1,5 @@
 """The session object: the transient object API, with a real file store."""
+import collections
 import os
 import shutil
 import tempfile
@@ -10,6 +11,7 @@ import transaction
 
 from Products.BeakerSessionDataManager.datamanager import SessionWriter
 from Products.BeakerSessionDataManager.session import BeakerSessionData
+from Products.BeakerSessionDataManager.session import fingerprint
 from Products.BeakerSessionDataManager.store import BeakerStore
 
 
@@ -218,6 +220,21 @@ class WriteTests(SessionTestCase):
         self.session()['cart'].append('pear')
         transaction.commit()
         self.assertEqual(self.stored(), {'cart': ['apple', 'pear']})
+
+    def test_in_place_mutation_of_a_value_marshal_refuses_is_detected(self):
+        # An OrderedDict is no builtin dict to marshal: pickled instead.
+        self.session()['cart'] = collections.OrderedDict(apple=1)
+        transaction.commit()
+        self.session()['cart']['pear'] = 2
+        transaction.commit()
+        self.assertEqual(self.stored(), {'cart': {'apple': 1, 'pear': 2}})
+
+    def test_fingerprints(self):
+        self.assertEqual(fingerprint(['a', 1]), fingerprint(['a', 1]))
+        self.assertNotEqual(fingerprint(['a', 1]), fingerprint(['a', 2]))
+        self.assertNotEqual(fingerprint({'a': 1}),
+                            fingerprint(collections.OrderedDict(a=1)))
+        self.assertIsNone(fingerprint(lambda: None))  # Neither takes it.
 
     def test_p_changed_marks_values_read(self):
         self.session()['cart'] = {'n': 1}
