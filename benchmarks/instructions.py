@@ -31,6 +31,8 @@ import tempfile
 import bench
 import overhead
 
+from Products.BeakerSessionDataManager.tests import instance as zope_instance
+
 
 def page(name):
     """The body of one of bench.py's workload scripts."""
@@ -112,12 +114,13 @@ def count(args):
         target = bench.Target(args.store, 1, servers, {
             'session.write_granularity': str(24 * 3600)})
         try:
-            target.instance.setup(*step_scripts())
+            target.instance.setup(zope_instance.BEAKER_SESSION_DATA_MANAGER,
+                                  *overhead.step_scripts(STEPS))
             publisher = overhead.Publisher(target.instance.etc('zope.conf'))
             if args.inside == 'floor':
                 hand_out_plain_dicts()
-            publisher.get('step_write_page')  # the session and its cookie
             paths = ['step_%d' % number for number in range(len(STEPS))]
+            publisher.get(paths[-1])  # The write page: session and cookie.
             for path in paths:
                 for _ in range(20):
                     publisher.get(path)  # compile, fill caches
@@ -136,16 +139,6 @@ def count(args):
             callgrind('--instr=off')
         finally:
             target.stop()
-
-
-def step_scripts():
-    from Products.BeakerSessionDataManager.tests import instance
-    scripts = [instance.BEAKER_SESSION_DATA_MANAGER]
-    for number, (_, body) in enumerate(STEPS):
-        scripts.append(instance.python_script('step_%d' % number, body))
-    scripts.append(instance.python_script(
-        'step_write_page', page('bench_write')))
-    return scripts
 
 
 def hand_out_plain_dicts():

@@ -146,9 +146,9 @@ STEPS = (
 )
 
 
-def step_scripts():
+def step_scripts(steps=STEPS):
     return [zope_instance.python_script('step_%d' % number, body)
-            for number, (_, body) in enumerate(STEPS)]
+            for number, (_, body) in enumerate(steps)]
 
 
 def steps(publisher, args):

@@ -60,14 +60,14 @@ class FileStore(BeakerStore):
 
     def load(self, session_id):
         """See ISessionStore."""
-        raw = self._read(self.path(session_id)).get(RECORD_KEY)
+        raw = self._contents(self.path(session_id)).get(RECORD_KEY)
         return self._live(self._decoded(raw))
 
     def merge(self, session_id, apply):
         """See ISessionStore."""
         path = self.path(session_id)
         with self._locked(session_id):
-            contents = self._read(path)
+            contents = self._contents(path)
             # An expired record is no session: the merge starts afresh.
             record = apply(self._live(self._decoded(
                 contents.get(RECORD_KEY))))
@@ -83,7 +83,7 @@ class FileStore(BeakerStore):
     # -- helpers --
 
     @staticmethod
-    def _read(path):
+    def _contents(path):
         """The dict a session file holds; empty if there is none."""
         try:
             with open(path, 'rb') as f:

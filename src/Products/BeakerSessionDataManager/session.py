@@ -22,11 +22,11 @@ ACCESSED = '_accessed_time'
 MODIFIED = '_modified_time'
 # A browser id was handed out (getBrowserId), but no session data yet.
 ID_ONLY = '_browser_id_only'
-# Keys Beaker and this product keep in the record beside the user's data.
-INTERNAL_KEYS = frozenset([CREATED, ACCESSED, MODIFIED, ID_ONLY, '_domain',
-                           '_path', '_id'])
 # Beaker's own bookkeeping keys, which this product does not use.
 BEAKER_KEYS = ('_domain', '_path', '_id')
+# Keys Beaker and this product keep in the record beside the user's data.
+INTERNAL_KEYS = frozenset((CREATED, ACCESSED, MODIFIED, ID_ONLY)
+                          + BEAKER_KEYS)
 # Seconds between access-time writes of a session that is only read (the
 # value Products.Transience uses).
 WRITE_GRANULARITY = 30
@@ -159,7 +159,7 @@ class BeakerSessionData(Implicit):
 
     def _needs_write(self, now):
         """Whether the commit writes; values changed in place count once
-        ``_collect_mutations`` made them changed keys (each check pickles
+        ``_collect_mutations`` made them changed keys (each check fingerprints
         every mutable value read)."""
         return (self._is_new or self._touched or self._changed
                 or self._deleted or self._cleared or self._invalid

@@ -293,7 +293,7 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         now = time.time()
         session = BeakerSessionData(session_id, record, granularity, now)
         SessionWriter(session, store, timeout=timeout)
-        if record is None or now - session._last_accessed > granularity:
+        if session._needs_write(now):
             # New, or last accessed before the write granularity: the
             # commit records this access.
             session._register()

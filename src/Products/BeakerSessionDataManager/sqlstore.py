@@ -38,6 +38,8 @@ class SqlStore(BeakerStore):
     def reader(self):
         """The reader, made at the first read; the merge's namespace makes
         the table if it is missing."""
+        if self._reader is not None:
+            return self._reader
         with self._reader_lock:
             if self._reader is None:
                 import sqlalchemy as sa

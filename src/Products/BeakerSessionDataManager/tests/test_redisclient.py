@@ -70,6 +70,13 @@ class RedisFixture:
                     'session.client_cache_size': str(cache_size)}
         return SessionConfiguration(settings).store
 
+    def stored_session(self, url=None):
+        """A store on ``url`` and the id of a session it has written."""
+        store = self.make_store(url=url)
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(n=1))
+        return store, session_id
+
     def round_trips(self, call, *args):
         """What ``call(*args)`` answered, and the round trips it made."""
         before = self.redis.info('stats')['total_reads_processed']
@@ -264,9 +271,7 @@ class NoTrackingTests(RedisFixture, unittest.TestCase):
     server_args = ('--rename-command', 'CLIENT', '')
 
     def test_reads_go_to_redis_and_see_every_write(self):
-        store = self.make_store()
-        session_id = secrets.token_hex(16)
-        store.merge(session_id, lambda old: record(n=1))
+        store, session_id = self.stored_session()
         loaded, trips = self.round_trips(store.load, session_id)
         self.assertEqual((loaded['n'], trips), (1, 1))
         self.redis.set(redisstore.KEY % session_id,
@@ -283,9 +288,7 @@ class RESP2Tests(RedisFixture, unittest.TestCase):
 
     def test_sessions_are_stored_and_read(self):
         url = 'redis://:sesame-sesame@127.0.0.1:%d/0' % self.server.port
-        store = self.make_store(url=url)
-        session_id = secrets.token_hex(16)
-        store.merge(session_id, lambda old: record(n=1))
+        store, session_id = self.stored_session(url)
         self.assertFalse(store.client.slot(
             redisstore.KEY % session_id).connection.tracking)
         loaded, trips = self.round_trips(store.load, session_id)
@@ -307,9 +310,7 @@ class UnixSocketTests(RedisFixture, unittest.TestCase):
         shutil.rmtree(cls.socket_dir, ignore_errors=True)
 
     def test_a_unix_socket_url(self):
-        store = self.make_store(url='unix://%s?db=3' % self.path)
-        session_id = secrets.token_hex(16)
-        store.merge(session_id, lambda old: record(n=1))
+        store, session_id = self.stored_session('unix://%s?db=3' % self.path)
         self.redis.execute_command('SELECT', 3)
         self.assertTrue(self.redis.exists(redisstore.KEY % session_id))
         self.assertEqual(store.load(session_id)['n'], 1)
@@ -409,10 +410,8 @@ class TLSTests(RedisFixture, unittest.TestCase):
         return 'rediss://127.0.0.1:%d/0?%s' % (self.server.port, query)
 
     def test_sessions_over_tls_with_the_cache(self):
-        store = self.make_store(url=self.url(
+        store, session_id = self.stored_session(self.url(
             'ssl_ca_certs=%s' % self.certificate))
-        session_id = secrets.token_hex(16)
-        store.merge(session_id, lambda old: record(n=1))
         loaded, trips = self.round_trips(store.load, session_id)
         self.assertEqual((loaded['n'], trips), (1, 0))
         self.redis.set(redisstore.KEY % session_id,
@@ -435,9 +434,7 @@ class PasswordTests(RedisFixture, unittest.TestCase):
 
     def test_the_password_of_the_url_is_sent(self):
         url = 'redis://:sesame-sesame@127.0.0.1:%d/2' % self.server.port
-        store = self.make_store(url=url)
-        session_id = secrets.token_hex(16)
-        store.merge(session_id, lambda old: record(n=1))
+        store, session_id = self.stored_session(url)
         self.assertTrue(self.redis.exists(redisstore.KEY % session_id))
         self.assertEqual(store.load(session_id)['n'], 1)
 
