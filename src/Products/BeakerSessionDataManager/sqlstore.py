@@ -1,7 +1,7 @@
 """Session rows in Beaker's SQL table, read in one round trip.
 
 The same table and rows as ``BeakerStore`` over this product's SQL
-namespaces (``ext:database``, ``ext:sqla``), and the same merge: one
+namespaces (``ext:database``, ``ext:sqla``), and the same lock: one
 database transaction under the session's lock
 (``namespaces.TransactionalSqlNamespace``).  Reads go through an engine of
 their own, in autocommit mode and without the pool's ping: one ``SELECT``,
@@ -9,10 +9,19 @@ where the merge's engine sends a ping, ``BEGIN``, the ``SELECT`` and a
 ``ROLLBACK``.  A connection the database dropped (a restart) fails its
 read once; the pool then drops the connections it had and the read is
 sent again on a new one.
+
+On PostgreSQL through psycopg2, which sends several statements as one
+message, a merge goes on that engine too, in two round trips instead of
+seven: ``BEGIN``, the lock's wait limit, the lock and the ``SELECT`` of
+the row in one message, the write and ``COMMIT`` in another.  No ping
+first: a connection found dropped is replaced and the merge sent again
+(applying the same changes twice gives the same record).
 """
 import pickle
 import threading
+from datetime import datetime
 
+from . import namespaces
 from .store import RECORD_KEY
 from .store import BeakerStore
 
@@ -22,26 +31,45 @@ class SqlStore(BeakerStore):
 
     def __init__(self, namespace_class, namespace_args, **kw):
         super().__init__(namespace_class, namespace_args, **kw)
-        self._reader = None
-        self._reader_lock = threading.Lock()
+        self._statements = None
+        self._statements_lock = threading.Lock()
 
     def load(self, session_id):
         """See ISessionStore."""
-        data = self.reader().data(session_id)
+        reader, _ = self.statements()
+        data = reader.data(session_id)
         if data is None:
             return None
         # What the column's PickleType would do, and Beaker's namespace.
         contents = pickle.loads(bytes(data))
         raw = contents.get(RECORD_KEY) if isinstance(contents, dict) else None
-        return self._live(self._decoded(raw))
+        return self._live_record(raw)
 
-    def reader(self):
-        """The reader, made at the first read; the merge's namespace makes
+    def merge(self, session_id, apply):
+        """See ISessionStore."""
+        _, writer = self.statements()
+        if writer is None:
+            return super().merge(session_id, apply)
+
+        def change(contents):
+            # Other keys of the row, which Beaker could have written, stay.
+            record = apply(self._live_record(contents.get(RECORD_KEY)))
+            if record is None:
+                contents.pop(RECORD_KEY, None)
+            else:
+                contents[RECORD_KEY] = self.encode(record)
+            return contents, record
+
+        return writer.merge(session_id, change)
+
+    def statements(self):
+        """(the reader, the writer or None where the driver cannot take
+        it), made at the first read or write; the merge's namespace makes
         the table if it is missing."""
-        if self._reader is not None:
-            return self._reader
-        with self._reader_lock:
-            if self._reader is None:
+        if self._statements is not None:
+            return self._statements
+        with self._statements_lock:
+            if self._statements is None:
                 import sqlalchemy as sa
                 namespace = self._namespace('')
                 options = dict(self.namespace_args.get('sa_opts') or {})
@@ -49,46 +77,152 @@ class SqlStore(BeakerStore):
                 options['sa.pool_pre_ping'] = False
                 engine = sa.engine_from_config(
                     options, 'sa.', isolation_level='AUTOCOMMIT')
-                self._reader = Reader(engine, namespace.table)
-            return self._reader
+                writer = (PostgreSQLWriter(engine, namespace.table)
+                          if engine.dialect.driver == 'psycopg2' else None)
+                self._statements = (Reader(engine, namespace.table), writer)
+            return self._statements
 
 
-class Reader:
-    """Reads the ``data`` column of a session's row: the statement is
-    compiled once and sent on the engine's DBAPI connections, without
+class Statements:
+    """Statements sent on the DBAPI connections of an engine, without
     SQLAlchemy's execution machinery, which costs more than the query."""
 
     def __init__(self, engine, table):
-        import sqlalchemy as sa
-        compiled = sa.select(table.c.data).where(
-            table.c.namespace == sa.bindparam('session_id')).compile(
-                dialect=engine.dialect)
         self.engine = engine
-        self.sql = compiled.string
-        self.positional = compiled.positional
+        self.table = table
         self.errors = engine.dialect.loaded_dbapi.Error
 
-    def data(self, session_id):
-        """The pickled data of the session's row, or None."""
-        params = ((session_id,) if self.positional
-                  else {'session_id': session_id})
+    def run(self, work, *args):
+        """``work(cursor, *args)`` on a pool connection.  A connection the
+        database dropped (a restart), and with it the pool's others, is
+        replaced, and ``work`` done again once on a new one."""
         for retry in (False, True):
             connection = self.engine.raw_connection()
             cursor = None
             try:
                 cursor = connection.cursor()
-                cursor.execute(self.sql, params)
-                row = cursor.fetchone()
-                cursor.close()
+                return work(cursor, *args)
             except self.errors as exc:
                 if retry or not self.engine.dialect.is_disconnect(
                         exc, connection.dbapi_connection, cursor):
                     raise
-                # Dropped by the database (a restart), and so are the
-                # pool's others: the read goes on a new connection.
                 connection.invalidate(exc)
                 self.engine.dispose()
-                continue
             finally:
-                connection.close()
-            return None if row is None else row[0]
+                self.release(connection, cursor)
+
+    def release(self, connection, cursor):
+        try:
+            if cursor is not None:
+                cursor.close()
+        except self.errors:
+            pass  # Its connection was dropped, and invalidated.
+        finally:
+            connection.close()
+
+
+class Reader(Statements):
+    """Reads the ``data`` column of a session's row with a statement
+    compiled once."""
+
+    def __init__(self, engine, table):
+        super().__init__(engine, table)
+        import sqlalchemy as sa
+        compiled = sa.select(table.c.data).where(
+            table.c.namespace == sa.bindparam('session_id')).compile(
+                dialect=engine.dialect)
+        self.sql = compiled.string
+        self.positional = compiled.positional
+
+    def data(self, session_id):
+        """The pickled data of the session's row, or None."""
+        return self.run(self._read, (session_id,) if self.positional
+                        else {'session_id': session_id})
+
+    def _read(self, cursor, params):
+        cursor.execute(self.sql, params)
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+
+
+class PostgreSQLWriter(Statements):
+    """Merges on PostgreSQL through psycopg2, in two messages.
+
+    The connections are in autocommit mode, so psycopg2 sends no ``BEGIN``
+    of its own: the first message opens the transaction, bounds the wait
+    for the lock (``namespaces.LOCK_WAIT``), takes the session's advisory
+    lock (the key of ``TransactionalSqlNamespace``, which the cleanup
+    takes) and reads the row; the second writes it (or deletes it) and
+    commits.  psycopg2 puts the values into the statements itself, which
+    is what lets a message hold several.  Sending a merge again after a
+    dropped connection is harmless: applying the same changes twice gives
+    the same record.
+    """
+
+    def __init__(self, engine, table):
+        super().__init__(engine, table)
+        name = engine.dialect.identifier_preparer.format_table(table)
+        self.lock_and_read = (
+            'BEGIN; SET LOCAL lock_timeout = %(wait)s; '
+            'SELECT pg_advisory_xact_lock(%(key)s); '
+            'SELECT data FROM ' + name + ' WHERE namespace = %(namespace)s')
+        # Update, or insert if the row is gone: one statement for both
+        # tables (ext:database's has an id column of its own).
+        self.write = (
+            'WITH updated AS (UPDATE ' + name + ' SET data = %(data)s, '
+            'accessed = %(now)s WHERE namespace = %(namespace)s RETURNING 1) '
+            'INSERT INTO ' + name + ' (namespace, accessed, created, data) '
+            'SELECT %(namespace)s, %(now)s, %(now)s, %(data)s '
+            'WHERE NOT EXISTS (SELECT 1 FROM updated); COMMIT')
+        self.delete = ('DELETE FROM ' + name +
+                       ' WHERE namespace = %(namespace)s; COMMIT')
+
+    def merge(self, session_id, change):
+        """Pass the row's contents (a dict) to ``change``, which returns
+        the new contents (written, or the row deleted if empty) and what
+        ``merge`` returns."""
+        try:
+            return self.run(self._merge, session_id, change)
+        except self.errors as exc:
+            if not namespaces.is_lock_timeout(exc):
+                raise
+            raise namespaces.LockTimeout(
+                'the session was locked by another writer for too long: %s'
+                % exc) from exc
+
+    def _merge(self, cursor, session_id, change):
+        cursor.execute(self.lock_and_read, {
+            'wait': '%dms' % (namespaces.LOCK_WAIT * 1000),
+            'key': namespaces.advisory_lock_key(self.table, session_id),
+            'namespace': session_id})
+        row = cursor.fetchone()
+        contents = pickle.loads(bytes(row[0])) if row is not None else {}
+        if not isinstance(contents, dict):
+            contents = {}
+        contents, result = change(contents)
+        if contents:
+            cursor.execute(self.write, {
+                'namespace': session_id, 'now': datetime.now(),
+                'data': pickle.dumps(contents, pickle.HIGHEST_PROTOCOL)})
+        elif row is not None:
+            cursor.execute(self.delete, {'namespace': session_id})
+        else:
+            cursor.execute('COMMIT')
+        return result
+
+    def release(self, connection, cursor):
+        """Back to the pool only outside a transaction: after an error the
+        server may still hold one open (and the lock with it)."""
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+        try:
+            if cursor is not None:
+                cursor.close()
+            dbapi_connection = connection.dbapi_connection
+            if dbapi_connection is not None and not dbapi_connection.closed \
+                    and dbapi_connection.get_transaction_status() != \
+                    TRANSACTION_STATUS_IDLE:
+                dbapi_connection.cursor().execute('ROLLBACK')
+        except Exception as exc:
+            connection.invalidate(exc)
+        finally:
+            connection.close()

@@ -21,8 +21,10 @@ import webtest
 from beaker.middleware import SessionMiddleware
 from beaker.session import Session
 
+from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager import testing
 from Products.BeakerSessionDataManager.config import SessionConfiguration
+from Products.BeakerSessionDataManager.interfaces import SessionValueError
 from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
 from Products.BeakerSessionDataManager.redisstore import RedisStore
 from Products.BeakerSessionDataManager.store import BeakerStore
@@ -323,7 +325,13 @@ class MemcachedRoundTrips(Counting):
 
 
 def statement(query):
-    """What a query is, without its table and values."""
+    """What a query is, without its table and values; the statements of a
+    message that holds several, separated by ``; ``."""
+    return '; '.join(map(one_statement, filter(None, (
+        part.strip() for part in query.split(';')))))
+
+
+def one_statement(query):
     words = query.split()
     if words[0] != 'SELECT':
         return words[0]
@@ -331,16 +339,15 @@ def statement(query):
     return 'SELECT ' + ('data' if what.endswith('.data') else what)
 
 
-# A merge: the pool's connection check, then one transaction under the
-# session's lock with a bounded wait.
-MERGE = ['SELECT 1', 'BEGIN', 'SELECT set_config',
-         'SELECT pg_advisory_xact_lock', 'SELECT data']
+# A merge: one transaction under the session's lock with a bounded wait,
+# in two messages (psycopg2 sends a message and waits for the answer).
+LOCK_AND_READ = 'BEGIN; SET; SELECT pg_advisory_xact_lock; SELECT data'
 
 
 class PostgreSQLRoundTrips(Counting):
-    """psycopg2 sends each statement, its ``BEGIN`` and ``COMMIT``
-    included, as one message and waits for the answer: a round trip each.
-    The proxy in front of the server lists them."""
+    """psycopg2 sends each ``execute`` as one message and waits for the
+    answer: a round trip each.  The proxy in front of the server lists
+    them."""
 
     layer = POSTGRESQL_TESTING
 
@@ -371,11 +378,11 @@ class PostgreSQLRoundTrips(Counting):
         browser = self.browser()
         self.get(browser, '/count')
         self.assertEqual(self.counted(browser, '/count'),
-                         ['SELECT data'] + MERGE + ['UPDATE', 'COMMIT'])
+                         ['SELECT data', LOCK_AND_READ, 'WITH; COMMIT'])
 
     def test_new_session_is_a_locked_transaction(self):
         self.assertEqual(self.counted(self.browser(), '/count'),
-                         MERGE + ['INSERT', 'COMMIT'])
+                         [LOCK_AND_READ, 'WITH; COMMIT'])
 
     def test_a_connection_the_database_dropped_is_replaced(self):
         browser = self.browser()
@@ -400,3 +407,39 @@ class PostgreSQLRoundTrips(Counting):
         with self.assertRaisesRegex(Exception, 'does not exist'):
             store.load(secrets.token_hex(16))
         self.assertEqual(self.counts(), ['SELECT data'])
+
+    def test_a_merge_on_a_dropped_connection_is_sent_again(self):
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda record: {'n': 1})
+        self.counter.drop_connections()
+        del self.counter.queries[:]
+        self.store.merge(session_id,
+                         lambda record: dict(record, n=record['n'] + 1))
+        self.assertEqual(self.store.load(session_id), {'n': 2})
+        # On the new connection: the whole merge, once.
+        self.assertEqual(self.counts()[-3:],
+                         [LOCK_AND_READ, 'WITH; COMMIT', 'SELECT data'])
+
+    def test_deleting_an_unknown_session_writes_nothing(self):
+        session_id = secrets.token_hex(16)
+        del self.counter.queries[:]
+        self.store.delete(session_id)
+        self.assertEqual(self.counts(), [LOCK_AND_READ, 'COMMIT'])
+        self.assertIsNone(self.store.load(session_id))
+
+    def test_a_failed_merge_ends_its_transaction_and_frees_the_lock(self):
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda record: {'n': 1})
+        del self.counter.queries[:]
+
+        def failing(record):
+            raise SessionValueError('a value cannot be pickled')
+
+        with self.assertRaises(SessionValueError):
+            self.store.merge(session_id, failing)
+        self.assertEqual(self.counts(), [LOCK_AND_READ, 'ROLLBACK'])
+        # Another writer takes the lock at once.
+        started = time.monotonic()
+        self.store.merge(session_id, lambda record: {'n': 2})
+        self.assertLess(time.monotonic() - started, namespaces.LOCK_WAIT)
+        self.assertEqual(self.store.load(session_id), {'n': 2})
