@@ -141,6 +141,7 @@ class SessionConfiguration:
             encrypt_key=options['encrypt_key'],
             crypto_module=crypto_module,
             nonce_bits=nonce_bits,
+            timeout=self.timeout,
             **self._cookie_params())
 
     def _default_directories(self, var_dir):

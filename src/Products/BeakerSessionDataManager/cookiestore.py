@@ -34,6 +34,7 @@ from .interfaces import ISessionStore
 from .interfaces import SessionTooLargeError
 from .interfaces import SessionValueError
 from .session import INTERNAL_KEYS
+from .session import expired
 
 
 # Browsers keep cookies of at least 4096 bytes, name, value and attributes
@@ -52,8 +53,10 @@ class SessionRecordCookie(SessionCookie):
     """
 
     def __init__(self, validate_key, encrypt_key, crypto_module,
-                 nonce_bits=crypto.DEFAULT_NONCE_BITS, **params):
+                 nonce_bits=crypto.DEFAULT_NONCE_BITS, timeout=None,
+                 **params):
         super().__init__(secret=validate_key, **params)
+        self.timeout = timeout
         self.validate_key = validate_key
         self.encrypt_key = encrypt_key
         self.crypto = crypto_module
@@ -159,7 +162,10 @@ class RequestCookieStore:
         self.cookie = cookie
         self.response = request.response
         cookies = getattr(request, 'cookies', None) or {}
-        self.record = cookie.decode(cookies.get(cookie.name))
+        record = cookie.decode(cookies.get(cookie.name))
+        if record is not None and expired(record, cookie.timeout):
+            record = None  # No session, and a new id.
+        self.record = record
         # (session id, record or None to expire, header) for the
         # transaction being committed.
         self._outgoing = None

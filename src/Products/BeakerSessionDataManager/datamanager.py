@@ -5,6 +5,11 @@ writing.  It votes last: its vote merges the request's changes onto the
 latest stored record under the store's lock, so a store that cannot be
 written makes the whole transaction fail instead of committing the ZODB
 without the session.
+
+A mutable value handed out (a list, say) may be changed in place, unseen:
+for such a value the writer only asks the transaction to call it before the
+commit, and joins then if the value did change.  A request that only reads
+a list commits without the two-phase commit of a data manager.
 """
 import time
 
@@ -24,13 +29,13 @@ from .outages import outage_log
 class SessionWriter:
     """Transaction data manager for one session of one request."""
 
-    def __init__(self, session, store, timeout=None,
+    def __init__(self, session, store,
                  transaction_manager=transaction.manager):
         self.session = session
         self.store = store
-        self.timeout = timeout
         self.transaction_manager = transaction_manager
         self._transaction = None
+        self._watched = None
         self._written = None
         session._writer = self
 
@@ -39,6 +44,19 @@ class SessionWriter:
         if self._transaction is not current:
             current.join(self)
             self._transaction = current
+
+    def watch(self):
+        """Join the current transaction before it commits if the values
+        handed out have changed by then."""
+        current = self.transaction_manager.get()
+        if self._transaction is not current and self._watched is not current:
+            current.addBeforeCommitHook(self._before_commit)
+            self._watched = current
+
+    def _before_commit(self):
+        self._watched = None
+        if self.session._mutated_keys():
+            self.join()
 
     def sortKey(self):
         # '~' sorts after the ZODB connections' keys: we vote last.
@@ -61,7 +79,8 @@ class SessionWriter:
     def tpc_vote(self, txn):
         session = self.session
         now = time.time()
-        session._collect_mutations()
+        if session._read_mutables:
+            session._collect_mutations()
         if not session._needs_write(now):
             return
         try:

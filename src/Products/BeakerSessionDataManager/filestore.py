@@ -61,7 +61,7 @@ class FileStore(BeakerStore):
     def load(self, session_id):
         """See ISessionStore."""
         raw = self._contents(self.path(session_id)).get(RECORD_KEY)
-        return self._live(self._decoded(raw))
+        return self._live_record(raw)
 
     def merge(self, session_id, apply):
         """See ISessionStore."""
@@ -69,8 +69,7 @@ class FileStore(BeakerStore):
         with self._locked(session_id):
             contents = self._contents(path)
             # An expired record is no session: the merge starts afresh.
-            record = apply(self._live(self._decoded(
-                contents.get(RECORD_KEY))))
+            record = apply(self._live_record(contents.get(RECORD_KEY)))
             if record is not None:
                 contents[RECORD_KEY] = self.encode(record)
             elif RECORD_KEY in contents:

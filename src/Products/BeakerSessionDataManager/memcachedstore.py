@@ -66,7 +66,7 @@ class MemcachedStore(CompareAndSetStore):
             self.client.reset_cas()
         raw = self._gets(key)
         self._remember(session_id, raw)
-        return self._live(self._decoded(raw))
+        return self._live_record(raw)
 
     def merge(self, session_id, apply):
         """See ISessionStore: a compare-and-set, retried while other
@@ -80,7 +80,7 @@ class MemcachedStore(CompareAndSetStore):
         expected = remembered.pop(session_id, None)
         ttl = memcached_expiry(self.ttl)
         for _ in range(MAX_ATTEMPTS):
-            record = apply(self._live(self._decoded(expected)))
+            record = apply(self._live_record(expected))
             if record is None:
                 if guessed:
                     # memcached cannot delete on condition: decide on

@@ -215,16 +215,12 @@ class Connection:
 
     def take_notices(self):
         """Take in the notices that have arrived since the last reply."""
-        while self.buffer or self._pending():
+        while self.buffer or (self.tls and self.sock.pending()) \
+                or self.poller.poll(0):
             reply = self._reply()
             if type(reply) is not Push:
                 raise ProtocolError('unexpected reply %r' % (reply,))
             self._notice(reply)
-
-    def _pending(self):
-        if self.tls and self.sock.pending():
-            return True
-        return bool(self.poller.poll(0))
 
     def _notice(self, push):
         if push and push[0] in (b'invalidate', 'invalidate'):

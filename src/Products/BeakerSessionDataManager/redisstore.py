@@ -153,7 +153,7 @@ class RedisStore(CompareAndSetStore):
             encoded = pickle.loads(raw)
         except Exception:
             return None  # Unreadable: no session, as Beaker's.
-        return self._live(self._decoded(encoded))
+        return self._live_record(encoded)
 
     @staticmethod
     def _compare_and_set(slot, key, *args):

@@ -12,8 +12,10 @@ from hashlib import sha256
 from AccessControl.class_init import InitializeClass
 from AccessControl.SecurityInfo import ClassSecurityInfo
 from Acquisition import Implicit
+from Acquisition import aq_base
 from zope.interface import implementer
 
+from .datamanager import SessionWriter
 from .interfaces import IBeakerSessionData
 
 
@@ -32,6 +34,8 @@ INTERNAL_KEYS = frozenset((CREATED, ACCESSED, MODIFIED, ID_ONLY)
 WRITE_GRANULARITY = 30
 IMMUTABLE_TYPES = (str, bytes, int, float, complex, bool, type(None),
                    frozenset)
+# The same, for a test of the exact type (no call) before is_immutable.
+SIMPLE_TYPES = frozenset(IMMUTABLE_TYPES)
 _marker = object()
 
 
@@ -58,6 +62,15 @@ def fingerprint(value):
         return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     except Exception:
         return None
+
+
+def expired(record, timeout, now=None):
+    """Whether ``record`` was last accessed more than ``timeout`` seconds
+    ago (never, without a timeout)."""
+    accessed = record.get(ACCESSED)
+    if not timeout or not isinstance(accessed, (int, float)):
+        return False
+    return (time.time() if now is None else now) - accessed > timeout
 
 
 def split_record(record):
@@ -91,7 +104,8 @@ class BeakerSessionData(Implicit):
         '__len__', '__iter__')
 
     def __init__(self, session_id, record=None,
-                 write_granularity=WRITE_GRANULARITY, now=None):
+                 write_granularity=WRITE_GRANULARITY, now=None, store=None,
+                 timeout=None):
         if now is None:
             now = time.time()
         self._id = session_id
@@ -105,6 +119,10 @@ class BeakerSessionData(Implicit):
         self._write_granularity = write_granularity
         self._invalid = False
         self._forget_changes()
+        # Where commits write (the writer is made when first needed), and
+        # the store's timeout in seconds.
+        self._store = store
+        self._timeout = timeout
         self._writer = None
 
     def _forget_changes(self):
@@ -118,8 +136,25 @@ class BeakerSessionData(Implicit):
 
     def _register(self):
         """Make sure the current transaction will write this session."""
-        if self._writer is not None:
-            self._writer.join()
+        writer = self._the_writer()
+        if writer is not None:
+            writer.join()
+
+    def _watch(self):
+        """Make sure the current transaction checks the values handed out
+        for changes made in place, and writes them if there are any."""
+        writer = self._the_writer()
+        if writer is not None:
+            writer.watch()
+
+    def _the_writer(self):
+        """The transaction data manager (see datamanager.py), made when
+        first needed; None without a store."""
+        if self._writer is None and self._store is not None:
+            # It sets _writer on the session itself, not on an
+            # acquisition wrapper of it.
+            SessionWriter(aq_base(self), self._store)
+        return self._writer
 
     def _changing_data(self):
         """Keep the loaded data for a rollback, before changing it."""
@@ -139,7 +174,7 @@ class BeakerSessionData(Implicit):
         if key not in self._read_mutables and key not in self._changed \
                 and not is_immutable(value):
             self._read_mutables[key] = fingerprint(value)
-            self._register()
+            self._watch()
         return value
 
     def _mutated_keys(self):
@@ -289,10 +324,15 @@ class BeakerSessionData(Implicit):
         value = self._data.get(key, _marker)
         if value is _marker:
             return default
+        if type(value) in SIMPLE_TYPES:
+            return value
         return self._handing_out(key, value)
 
     def __getitem__(self, key):
-        return self._handing_out(key, self._data[key])
+        value = self._data[key]
+        if type(value) in SIMPLE_TYPES:
+            return value
+        return self._handing_out(key, value)
 
     def __contains__(self, key):
         return 1 if key in self._data else 0
@@ -362,8 +402,7 @@ class BeakerSessionData(Implicit):
 
     def getTimeoutMinutes(self):
         """The session timeout in minutes, as the stock container has it."""
-        timeout = getattr(self._writer, 'timeout', None)
-        return int(timeout / 60) if timeout else 0
+        return int(self._timeout / 60) if self._timeout else 0
 
 
 InitializeClass(BeakerSessionData)

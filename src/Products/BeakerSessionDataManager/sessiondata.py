@@ -30,7 +30,6 @@ from ZPublisher.BeforeTraverse import unregisterBeforeTraverse
 from . import config
 from .browserid import SESSION_ID
 from .browserid import BeakerBrowserIdManager
-from .datamanager import SessionWriter
 from .interfaces import IBeakerSessionDataManager
 from .interfaces import SessionDataManagerErr
 from .interfaces import SessionStoreError
@@ -217,7 +216,7 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             sessions.current = self._load_current(request)
             sessions.looked_up = True
         session = sessions.current
-        if session is not None and not session.isValid():
+        if session is not None and session._invalid:
             # Invalidated in this request: the next session gets a new id.
             session = sessions.current = None
         if session is None and create:
@@ -272,15 +271,9 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
                 'The session store (%s) cannot be read: %s'
                 % (store.name, describe(exc))) from exc
         outage_log.succeeded(store.name)
-        if record is None or self._expired(record, configuration):
+        if record is None:
             return None
         return self._session(session_id, record, store, configuration)
-
-    @staticmethod
-    def _expired(record, configuration):
-        accessed = record.get('_accessed_time')
-        return (configuration.timeout and accessed is not None
-                and time.time() - accessed > configuration.timeout)
 
     def _session(self, session_id, record, store, configuration=None):
         if configuration is None and config.is_configured():
@@ -291,8 +284,8 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             granularity = configuration.write_granularity
             timeout = configuration.timeout
         now = time.time()
-        session = BeakerSessionData(session_id, record, granularity, now)
-        SessionWriter(session, store, timeout=timeout)
+        session = BeakerSessionData(session_id, record, granularity, now,
+                                    store, timeout)
         if session._needs_write(now):
             # New, or last accessed before the write granularity: the
             # commit records this access.

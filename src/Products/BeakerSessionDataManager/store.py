@@ -7,13 +7,14 @@ key ``session``: the session dict (user keys plus ``_creation_time`` and
 middleware and by this product can therefore share a store.
 """
 import os
+import pickle
 import threading
-import time
+from binascii import a2b_base64
+from binascii import b2a_base64
 from contextlib import contextmanager
+from functools import partial
 
 from beaker import crypto
-from beaker._compat import b64decode
-from beaker._compat import b64encode
 from beaker.container import DBMNamespaceManager
 from beaker.container import FileNamespaceManager
 from beaker.crypto import DEFAULT_NONCE_BITS
@@ -30,6 +31,7 @@ from zope.interface import implementer
 
 from .interfaces import ISessionStore
 from .interfaces import SessionValueError
+from .session import expired
 
 
 RECORD_KEY = 'session'
@@ -76,6 +78,13 @@ class BeakerStore:
             self.namespace_args.setdefault('timeout', self.ttl)
         self.serializer = (JsonSerializer() if serializer == 'json'
                            else PickleSerializer())
+        # What PickleSerializer calls, without the calls around it.
+        if serializer == 'json':
+            self._dumps, self._loads = self.serializer.dumps, \
+                self.serializer.loads
+        else:
+            self._dumps = partial(pickle.dumps, protocol=2)
+            self._loads = pickle.loads
         self.encrypt_key = encrypt_key
         self.validate_key = validate_key
         if encrypt_key:
@@ -93,6 +102,8 @@ class BeakerStore:
             **self.namespace_args)
 
     # -- record encoding, compatible with beaker.session.Session --
+    # (Beaker's b64encode and b64decode of beaker._compat, without the
+    # calls around binascii's.)
 
     def _cipher_key(self, nonce):
         return crypto.generateCryptoKeys(
@@ -101,7 +112,7 @@ class BeakerStore:
 
     def encode(self, record):
         try:
-            data = self.serializer.dumps(record)
+            data = self._dumps(record)
         except Exception as exc:
             # A value the serializer cannot take is a bug to fix, not a
             # store outage (503).
@@ -111,18 +122,19 @@ class BeakerStore:
                     self.serializer, JsonSerializer) else 'pickled',
                    type(exc).__name__, exc)) from exc
         if not self.encrypt_key:
-            return b64encode(data)
-        nonce = b64encode(os.urandom(self.nonce_length))[
-            :self.nonce_b64length]
-        return nonce + b64encode(
-            self.crypto_module.aesEncrypt(data, self._cipher_key(nonce)))
+            return b2a_base64(data, newline=False).decode('ascii')
+        nonce = b2a_base64(os.urandom(self.nonce_length), newline=False
+                           ).decode('ascii')[:self.nonce_b64length]
+        return nonce + b2a_base64(
+            self.crypto_module.aesEncrypt(data, self._cipher_key(nonce)),
+            newline=False).decode('ascii')
 
     def decode(self, raw):
         if not self.encrypt_key:
-            return self.serializer.loads(b64decode(raw))
+            return self._loads(a2b_base64(raw))
         nonce = raw[:self.nonce_b64length]
-        payload = b64decode(raw[self.nonce_b64length:])
-        return self.serializer.loads(
+        payload = a2b_base64(raw[self.nonce_b64length:])
+        return self._loads(
             self.crypto_module.aesDecrypt(payload, self._cipher_key(nonce)))
 
     # -- ISessionStore --
@@ -135,7 +147,7 @@ class BeakerStore:
             raw = self._read(namespace)
         finally:
             namespace.release_read_lock()
-        return self._live(self._decoded(raw))
+        return self._live_record(raw)
 
     def merge(self, session_id, apply):
         """See ISessionStore."""
@@ -143,7 +155,7 @@ class BeakerStore:
         with self._locked(namespace):
             # An expired record is no session: the merge starts afresh
             # instead of bringing its data back.
-            record = apply(self._live(self._decoded(self._read(namespace))))
+            record = apply(self._live_record(self._read(namespace)))
             if record is None:
                 if RECORD_KEY in namespace:
                     del namespace[RECORD_KEY]
@@ -263,22 +275,17 @@ class BeakerStore:
     def _write(self, namespace, raw):
         namespace.set_value(RECORD_KEY, raw, expiretime=self.ttl)
 
-    def _decoded(self, raw):
+    def _live_record(self, raw):
+        """The record stored as ``raw``, or None: if there is none, if it
+        cannot be read (Beaker's ``invalidate_corrupt``, always on) and if
+        it expired (``session.timeout``)."""
         if not raw:
             return None
         try:
             record = self.decode(raw)
         except Exception:
-            # A record we cannot read is no session: Beaker's
-            # invalidate_corrupt, always on.
             return None
-        return record if isinstance(record, dict) else None
-
-    def _live(self, record):
-        """``record``, or None if it expired (``session.timeout``)."""
-        accessed = (record or {}).get('_accessed_time')
-        if self.timeout and accessed is not None \
-                and time.time() - accessed > self.timeout:
+        if not isinstance(record, dict) or expired(record, self.timeout):
             return None
         return record
 

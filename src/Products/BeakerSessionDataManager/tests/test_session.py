@@ -9,7 +9,6 @@ from beaker.container import FileNamespaceManager
 
 import transaction
 
-from Products.BeakerSessionDataManager.datamanager import SessionWriter
 from Products.BeakerSessionDataManager.session import BeakerSessionData
 from Products.BeakerSessionDataManager.session import fingerprint
 from Products.BeakerSessionDataManager.store import BeakerStore
@@ -31,8 +30,8 @@ class SessionTestCase(unittest.TestCase):
 
     def session(self, session_id=SESSION_ID):
         """The session as a new request would load it."""
-        session = BeakerSessionData(session_id, self.store.load(session_id))
-        SessionWriter(session, self.store, timeout=1200)
+        session = BeakerSessionData(session_id, self.store.load(session_id),
+                                    store=self.store, timeout=1200)
         if session._is_new:
             session._register()
         return session
@@ -228,6 +227,54 @@ class WriteTests(SessionTestCase):
         self.session()['cart']['pear'] = 2
         transaction.commit()
         self.assertEqual(self.stored(), {'cart': {'apple': 1, 'pear': 2}})
+
+    def test_reading_a_list_joins_the_transaction_only_if_it_changed(self):
+        self.session()['cart'] = ['apple']
+        transaction.commit()
+        session = self.session()
+        session['cart']
+        # Watched, not joined: a commit without a two-phase commit of ours.
+        self.assertEqual(transaction.get()._resources, [])
+        written = self.store_writes_during(transaction.commit)
+        self.assertEqual(written, 0)
+        session = self.session()
+        session['cart'].append('pear')
+        written = self.store_writes_during(transaction.commit)
+        self.assertEqual(written, 1)
+        self.assertEqual(self.stored(), {'cart': ['apple', 'pear']})
+
+    def test_a_list_read_before_a_change_of_another_key(self):
+        self.session()['cart'] = ['apple']
+        transaction.commit()
+        session = self.session()
+        session['cart'].append('pear')
+        session['n'] = 1  # Joins: the hook and the vote both look.
+        transaction.commit()
+        self.assertEqual(self.stored(), {'cart': ['apple', 'pear'], 'n': 1})
+
+    def test_an_aborted_read_is_not_checked_later(self):
+        self.session()['cart'] = ['apple']
+        transaction.commit()
+        session = self.session()
+        session['cart'].append('pear')
+        transaction.abort()
+        transaction.commit()
+        self.assertEqual(self.stored(), {'cart': ['apple']})
+
+    def store_writes_during(self, action):
+        merges = []
+        merge = self.store.merge
+
+        def counting_merge(*args):
+            merges.append(args[0])
+            return merge(*args)
+
+        self.store.merge = counting_merge
+        try:
+            action()
+        finally:
+            del self.store.merge
+        return len(merges)
 
     def test_fingerprints(self):
         self.assertEqual(fingerprint(['a', 1]), fingerprint(['a', 1]))

@@ -21,7 +21,6 @@ import transaction
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager import testing
-from Products.BeakerSessionDataManager.datamanager import SessionWriter
 from Products.BeakerSessionDataManager.interfaces import ConfigurationError
 from Products.BeakerSessionDataManager.namespaces import LockTimeout
 from Products.BeakerSessionDataManager.session import BeakerSessionData
@@ -128,8 +127,8 @@ return data is None and 'None' or repr(data.keys())
         self.store.merge(session_id, lambda record: {
             '_creation_time': time.time(), '_accessed_time': time.time(),
             'old': 1, 'kept': 2})
-        session = BeakerSessionData(session_id, self.store.load(session_id))
-        SessionWriter(session, self.store)
+        session = BeakerSessionData(session_id, self.store.load(session_id),
+                                    store=self.store)
         session['kept'] = 3
         self.age(session_id, self.configuration.timeout + 5)
         transaction.commit()
