@@ -8,11 +8,11 @@ the same connection of a small set (chosen by its hash); the connections
 speak RESP3 with ``CLIENT TRACKING on NOLOOP``, so Redis sends a
 connection a notice, in band, when anybody else changes a key it has read,
 and none about its own writes.  Before answering from the cache, a read
-takes in the notices already on its socket (a poll, no round trip).
-Redis sends a notice in the same pass of its event loop as its answer to
-the writer, so a browser that has just written its session through
-another Zope instance, and waited for the response, is seen by its next
-request here.
+takes in the notices already on its socket (a poll, no round trip).  A
+writer waits, with one more round trip (``Slot.sync``), until Redis has
+sent out the notices of its write: a browser that has just written its
+session through another Zope instance, and waited for the response, is
+seen by its next request here.
 
 A server without RESP3 or tracking (Redis before 6, some proxies) gets
 the same commands, without the cache.
@@ -114,6 +114,9 @@ class Connection:
     def __init__(self, settings, on_invalidate=None):
         self.settings = settings
         self.on_invalidate = on_invalidate
+        # Whether the server can track keys (for anybody's cache), and
+        # whether it tracks this connection's.
+        self.resp3 = False
         self.tracking = False
         self.buffer = b''
         self.sock = self._connect()
@@ -183,6 +186,7 @@ class Connection:
                     settings['username'], settings['password']]))
         if settings['db']:
             self.execute('SELECT', settings['db'])
+        self.resp3 = resp3
         if resp3 and self.on_invalidate is not None:
             try:
                 self.execute('CLIENT', 'TRACKING', 'on', 'NOLOOP')
@@ -336,6 +340,22 @@ class Slot:
                 self._drop()
                 if fresh or retry or not isinstance(exc, ConnectionError):
                     raise
+
+    def sync(self):
+        """Return once Redis has sent out the notices of this connection's
+        writes so far.
+
+        Redis sends a pass of its event loop's answers and notices one
+        socket after the other; scheduled out in between, it can answer the
+        writer long before it tells the other connections, and the browser's
+        next request can reach another Zope first (on one CPU, nearly every
+        time).  A command sent after the write's answer is read in a later
+        pass: its answer comes after every notice of the write.  Sent
+        whenever the server can track keys: other processes may cache,
+        this one or not.
+        """
+        if self.connection is not None and self.connection.resp3:
+            self.run('PING')
 
     def cached(self, key):
         """The value of ``key`` as the cache has it, or MISSING."""

@@ -11,7 +11,9 @@ the database, but:
 - ``merge`` is one ``EVALSHA`` of a compare-and-set script that writes the
   new record only if the stored one is still the one the changes were
   applied to, and otherwise answers the stored record, to which they are
-  applied again.  No lock is taken or released.
+  applied again.  No lock is taken or released.  A ``PING`` follows a
+  write (and a delete) on a server that can track keys: the other
+  processes' caches have heard of it before the browser has.
 """
 import pickle
 import threading
@@ -65,8 +67,8 @@ def shared_client(url, cache_size):
 
 
 class RedisStore(CompareAndSetStore):
-    """Beaker's Redis records: reads from a coherent cache, one round trip
-    per write."""
+    """Beaker's Redis records: reads from a coherent cache, a write in two
+    round trips."""
 
     def __init__(self, namespace_class, namespace_args,
                  client_cache_size=DEFAULT_CACHE_SIZE, **kw):
@@ -123,6 +125,8 @@ class RedisStore(CompareAndSetStore):
                     expected = reply[1] if len(reply) > 1 else None
                 # Both ways the script read the key last: tracked.
                 slot.keep(key, expected)
+                if written:
+                    slot.sync()
             if written:
                 self._remember(session_id, expected)
                 return record
@@ -136,6 +140,7 @@ class RedisStore(CompareAndSetStore):
         with slot.lock:
             slot.run('DEL', key)
             slot.forget(key)
+            slot.sync()
 
     # -- helpers --
 

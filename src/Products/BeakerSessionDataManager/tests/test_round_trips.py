@@ -26,6 +26,7 @@ from Products.BeakerSessionDataManager import testing
 from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.interfaces import SessionValueError
 from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
+from Products.BeakerSessionDataManager.redisstore import COMPARE_AND_SET
 from Products.BeakerSessionDataManager.redisstore import RedisStore
 from Products.BeakerSessionDataManager.store import BeakerStore
 from Products.BeakerSessionDataManager.tests import servers
@@ -104,8 +105,10 @@ return 'ok'
         stores.age(self.store, session_id, seconds)
 
 
-# What a writing request sends: one EVALSHA, which runs these inside Redis.
-WRITE = {'evalsha': 1, 'get': 1, 'set': 1, 'exists': 1}
+# What a writing request sends: one EVALSHA, which runs the GET, SET and
+# EXISTS inside Redis, then a PING that returns once Redis has told the
+# other Zope processes' caches (redisclient.Slot.sync).
+WRITE = {'evalsha': 1, 'get': 1, 'set': 1, 'exists': 1, 'ping': 1}
 
 
 class RedisRoundTrips(Counting):
@@ -118,11 +121,12 @@ class RedisRoundTrips(Counting):
         self.addCleanup(self.client.close)
 
     def reset(self):
-        # Every connection of the store made beforehand, as in a Zope that
-        # has served a while: its handshake is no request's.
+        # Every connection of the store made and the script loaded
+        # beforehand, as in a Zope that has served a while: no request's.
         for slot in self.store.client.slots:
             with slot.lock:
                 slot._connection()
+        self.client.script_load(COMPARE_AND_SET)
         self.client.config_resetstat()
 
     def counts(self):
@@ -154,23 +158,22 @@ class RedisRoundTrips(Counting):
         self.foreign_store().merge(
             session_id, lambda record: dict(record or {}, count=41))
         self.assertEqual(self.counted(browser, '/read'), (1, {'get': 1}))
-        self.assertEqual(self.counted(browser, '/count'), (1, WRITE))
+        self.assertEqual(self.counted(browser, '/count'), (2, WRITE))
 
-    def test_new_session_is_one_compare_and_set(self):
-        self.assertEqual(self.counted(self.browser(), '/count'), (1, WRITE))
+    def test_a_new_session_is_a_compare_and_set_and_a_ping(self):
+        self.assertEqual(self.counted(self.browser(), '/count'), (2, WRITE))
 
-    def test_write_is_one_compare_and_set(self):
-        # The script's GET, SET and EXISTS run inside Redis, in the
-        # EVALSHA.
+    def test_a_write_is_a_compare_and_set_and_a_ping(self):
+        # The record read was in the client cache.
         browser = self.browser()
         self.get(browser, '/count')
-        self.assertEqual(self.counted(browser, '/count'), (1, WRITE))
+        self.assertEqual(self.counted(browser, '/count'), (2, WRITE))
 
     def test_reading_after_the_granularity_writes_the_access_time(self):
         browser = self.browser()
         session_id = self.session_id(browser)
         self.age(session_id, self.configuration.write_granularity + 5)
-        self.assertEqual(self.counted(browser, '/read'), (1, WRITE))
+        self.assertEqual(self.counted(browser, '/read'), (2, WRITE))
 
     def test_losing_a_race_costs_one_more_compare_and_set(self):
         # Another writer came between our read and our write: the failed
@@ -182,8 +185,8 @@ class RedisRoundTrips(Counting):
             session_id, lambda record: dict(record or {}, b=2))
         self.reset()
         self.store.merge(session_id, lambda record: dict(record or {}, c=3))
-        self.assertEqual(self.counts(),
-                         (2, {'evalsha': 2, 'get': 2, 'set': 1, 'exists': 1}))
+        self.assertEqual(self.counts(), (3, {
+            'evalsha': 2, 'get': 2, 'set': 1, 'exists': 1, 'ping': 1}))
         self.assertEqual(self.store.load(session_id),
                          {'a': 1, 'b': 2, 'c': 3})
 
