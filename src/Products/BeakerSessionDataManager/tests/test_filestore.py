@@ -1,4 +1,5 @@
 """The file store reads Beaker's session files without Beaker's lock."""
+import errno
 import os
 import secrets
 import subprocess
@@ -7,6 +8,7 @@ import textwrap
 import threading
 import time
 import unittest
+from unittest import mock
 
 from beaker.cache import clsmap
 
@@ -48,6 +50,17 @@ class FileStoreTests(StoreTests):
         store.delete('d' * 32)  # Beaker leaves the file, empty.
         self.assertTrue(os.path.exists(store.path('d' * 32)))
         self.assertIsNone(store.load('d' * 32))
+
+    def test_a_filesystem_without_preallocation_still_writes(self):
+        # posix_fallocate fails as on a filesystem that cannot preallocate.
+        def refuse(descriptor, offset, length):
+            raise OSError(errno.EOPNOTSUPP, 'Operation not supported')
+
+        store = self.make_store()
+        store.merge('f' * 32, lambda record: {'a': 1})
+        with mock.patch('os.posix_fallocate', refuse):
+            store.merge('f' * 32, lambda record: dict(record, b=2))
+        self.assertEqual(store.load('f' * 32), {'a': 1, 'b': 2})
 
 
 class LockFreeReadTests(unittest.TestCase):
