@@ -85,11 +85,14 @@ class FileStore(BeakerStore):
     def _contents(path):
         """The dict a session file holds; empty if there is none."""
         try:
-            with open(path, 'rb') as f:
-                contents = pickle.load(f)
+            descriptor = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, PermissionError):
             # What Beaker's do_open makes of ENOENT and EACCES: nothing.
             return {}
+        try:
+            contents = pickle.loads(read_whole(descriptor))
+        finally:
+            os.close(descriptor)
         return contents if isinstance(contents, dict) else {}
 
     @contextmanager
@@ -111,6 +114,22 @@ class FileStore(BeakerStore):
             os.close(descriptor)
 
 
+# Files are read and written with os.read and os.write: Python's file
+# objects add system calls (fstat, ioctl, lseek), and each one lets the
+# request's thread lose the GIL to another one.
+CHUNK = 1 << 16
+
+
+def read_whole(descriptor):
+    """All of an open file."""
+    chunks = []
+    while True:
+        chunk = os.read(descriptor, CHUNK)
+        if not chunk:
+            return b''.join(chunks)
+        chunks.append(chunk)
+
+
 def replace(path, data):
     """Write ``path`` whole, as ``beaker.util.safe_write`` does: to
     ``path.temp`` (one writer at a time: the caller holds the lock), then
@@ -122,7 +141,7 @@ def replace(path, data):
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         descriptor = os.open(temporary, flags, 0o666)
-    with open(descriptor, 'wb') as f:
+    try:
         try:
             # Blocks allocated now, not when written back: replacing a file
             # on ext4 (auto_da_alloc) otherwise first forces the new one's
@@ -130,5 +149,9 @@ def replace(path, data):
             os.posix_fallocate(descriptor, 0, len(data))
         except OSError:
             pass  # Not for this filesystem: the write still is.
-        f.write(data)
+        unwritten = memoryview(data)
+        while unwritten:
+            unwritten = unwritten[os.write(descriptor, unwritten):]
+    finally:
+        os.close(descriptor)
     os.rename(temporary, path)
