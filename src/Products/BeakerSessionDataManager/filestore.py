@@ -98,12 +98,7 @@ class FileStore(BeakerStore):
     @contextmanager
     def _locked(self, session_id):
         """Beaker's exclusive lock of the session (FileSynchronizer)."""
-        path = self.lock_path(session_id)
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_WRONLY)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            descriptor = os.open(path, os.O_CREAT | os.O_WRONLY)
+        descriptor = create(self.lock_path(session_id), os.O_WRONLY)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)
             try:
@@ -130,17 +125,21 @@ def read_whole(descriptor):
         chunks.append(chunk)
 
 
+def create(path, flags):
+    """Open ``path``, made if missing, and its directories too."""
+    try:
+        return os.open(path, flags | os.O_CREAT, 0o666)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, flags | os.O_CREAT, 0o666)
+
+
 def replace(path, data):
     """Write ``path`` whole, as ``beaker.util.safe_write`` does: to
     ``path.temp`` (one writer at a time: the caller holds the lock), then
     renamed over ``path``."""
     temporary = path + '.temp'
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    try:
-        descriptor = os.open(temporary, flags, 0o666)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        descriptor = os.open(temporary, flags, 0o666)
+    descriptor = create(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
         try:
             # Blocks allocated now, not when written back: replacing a file

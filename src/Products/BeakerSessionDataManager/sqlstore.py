@@ -26,6 +26,13 @@ from .store import RECORD_KEY
 from .store import BeakerStore
 
 
+def row_contents(data):
+    """The dict a row's ``data`` holds (what the column's PickleType and
+    Beaker's namespace load), empty if it is no dict."""
+    contents = pickle.loads(bytes(data))
+    return contents if isinstance(contents, dict) else {}
+
+
 class SqlStore(BeakerStore):
     """Beaker's SQL rows: reads in autocommit, merges locked."""
 
@@ -40,10 +47,7 @@ class SqlStore(BeakerStore):
         data = reader.data(session_id)
         if data is None:
             return None
-        # What the column's PickleType would do, and Beaker's namespace.
-        contents = pickle.loads(bytes(data))
-        raw = contents.get(RECORD_KEY) if isinstance(contents, dict) else None
-        return self._live_record(raw)
+        return self._live_record(row_contents(data).get(RECORD_KEY))
 
     def merge(self, session_id, apply):
         """See ISessionStore."""
@@ -196,10 +200,8 @@ class PostgreSQLWriter(Statements):
             'key': namespaces.advisory_lock_key(self.table, session_id),
             'namespace': session_id})
         row = cursor.fetchone()
-        contents = pickle.loads(bytes(row[0])) if row is not None else {}
-        if not isinstance(contents, dict):
-            contents = {}
-        contents, result = change(contents)
+        contents, result = change(
+            row_contents(row[0]) if row is not None else {})
         if contents:
             cursor.execute(self.write, {
                 'namespace': session_id, 'now': datetime.now(),
