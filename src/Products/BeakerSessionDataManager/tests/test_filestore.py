@@ -1,5 +1,4 @@
 """The file store reads Beaker's session files without Beaker's lock."""
-import errno
 import os
 import secrets
 import subprocess
@@ -8,7 +7,6 @@ import textwrap
 import threading
 import time
 import unittest
-from unittest import mock
 
 from beaker.cache import clsmap
 
@@ -51,21 +49,32 @@ class FileStoreTests(StoreTests):
         self.assertTrue(os.path.exists(store.path('d' * 32)))
         self.assertIsNone(store.load('d' * 32))
 
-    def test_a_filesystem_without_preallocation_still_writes(self):
-        # posix_fallocate fails as on a filesystem that cannot preallocate.
-        def refuse(descriptor, offset, length):
-            raise OSError(errno.EOPNOTSUPP, 'Operation not supported')
-
+    def test_a_write_rewrites_the_file_in_place(self):
         store = self.make_store()
-        store.merge('f' * 32, lambda record: {'a': 1})
-        with mock.patch('os.posix_fallocate', refuse):
-            store.merge('f' * 32, lambda record: dict(record, b=2))
-        self.assertEqual(store.load('f' * 32), {'a': 1, 'b': 2})
+        store.merge('f' * 32, lambda record: {'a': 'x' * 1000})
+        before = os.stat(store.path('f' * 32))
+        store.merge('f' * 32, lambda record: {'a': 'y'})
+        after = os.stat(store.path('f' * 32))
+        self.assertEqual(after.st_ino, before.st_ino)
+        self.assertLess(after.st_size, before.st_size)  # No old tail.
+        self.assertEqual(store.load('f' * 32), {'a': 'y'})
+
+    def test_a_file_cut_short_is_no_session_and_is_written_afresh(self):
+        # What a crash in the middle of a write can leave behind.
+        store = self.make_store()
+        store.merge('f' * 32, lambda record: {'a': 'x' * 1000})
+        os.truncate(store.path('f' * 32), 500)
+        self.assertIsNone(store.load('f' * 32))
+        seen = []
+        store.merge('f' * 32, lambda record: seen.append(record) or {'b': 2})
+        self.assertEqual(seen, [None])
+        self.assertEqual(store.load('f' * 32), {'b': 2})
 
 
-class LockFreeReadTests(unittest.TestCase):
-    """Processes of their own write through Beaker, as another Zope or
-    Beaker's own middleware would."""
+class SharedFilesTests(unittest.TestCase):
+    """Processes of their own read and write the files, through Beaker as
+    Beaker's own middleware would, or through FileStore as another Zope
+    would."""
 
     def setUp(self):
         import shutil
@@ -80,13 +89,28 @@ class LockFreeReadTests(unittest.TestCase):
     def beaker(self, code):
         """Run ``code`` in a process with Beaker's session of our id as
         ``session``; it prints 'ready' when it is."""
-        program = textwrap.dedent('''\
+        return self.process(textwrap.dedent('''\
             import sys
             from beaker.session import Session
-            session = Session({}, id=%r, use_cookies=False, type='file',
-                              data_dir=%r, lock_dir=%r, secret=%r)
+            options = dict(id=%r, use_cookies=False, type='file',
+                           data_dir=%r, lock_dir=%r, secret=%r)
+            session = Session({}, **options)
             ''') % (self.session_id, self.tmp + '/data', self.tmp + '/lock',
-                    SECRET) + textwrap.dedent(code)
+                    SECRET) + textwrap.dedent(code))
+
+    def file_store(self, code):
+        """Run ``code`` in a process with a FileStore on our files as
+        ``store``; it prints 'ready' when it is."""
+        return self.process(textwrap.dedent('''\
+            import sys
+            from beaker.cache import clsmap
+            from Products.BeakerSessionDataManager.filestore import FileStore
+            store = FileStore(clsmap['file'], {'lock_dir': %r},
+                              data_dir=%r)
+            ''') % (self.tmp + '/lock', self.tmp + '/data')
+            + textwrap.dedent(code))
+
+    def process(self, program):
         process = subprocess.Popen(
             [sys.executable, '-c', program], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True)
@@ -164,3 +188,59 @@ class LockFreeReadTests(unittest.TestCase):
             seen.append(n)
         self.assertEqual(seen, sorted(seen))
         self.assertEqual(writer.stdout.readline().strip(), 'done')
+
+    # Sessions of a few hundred kilobytes: a write takes long enough for a
+    # read without the lock to find it half done; a shorter one leaves the
+    # end of a longer one behind it until the file is truncated.
+    REWRITES = '''\
+        print('ready', flush=True)
+        for n in range(1, 301):
+            payload = str(n) * (200000 if n & 1 else 100000)
+            store.merge(%r, lambda record: {
+                '_creation_time': 1.0, '_accessed_time': 2e9, 'n': n,
+                'payload': payload})
+        print('done', flush=True)
+        '''
+
+    @staticmethod
+    def payload(n):
+        return str(n) * (200000 if n & 1 else 100000)
+
+    def first_record(self):
+        self.store.merge(self.session_id, lambda record: {
+            '_creation_time': 1.0, '_accessed_time': 2e9, 'n': 0})
+
+    def test_reads_find_whole_records_while_this_store_rewrites_them(self):
+        self.first_record()
+        writer = self.file_store(self.REWRITES % self.session_id)
+        seen = []
+        while not seen or seen[-1] < 300:
+            record = self.store.load(self.session_id)
+            n = record['n']
+            if n:
+                self.assertEqual(record['payload'], self.payload(n))
+            seen.append(n)
+        self.assertEqual(seen, sorted(seen))
+        self.assertEqual(writer.stdout.readline().strip(), 'done')
+
+    def test_beaker_reads_whole_records_while_this_store_rewrites_them(self):
+        self.first_record()
+        reader = self.beaker('''\
+            print('ready', flush=True)
+            seen = []
+            while not seen or seen[-1] < 300:
+                session = Session({}, **options)
+                n = session['n']
+                if n and session['payload'] != str(n) * (
+                        200000 if n & 1 else 100000):
+                    print('torn at', n, flush=True)
+                    sys.exit()
+                seen.append(n)
+            print('sorted' if seen == sorted(seen) else 'unsorted',
+                  flush=True)
+            ''')
+        for n in range(1, 301):
+            payload = self.payload(n)
+            self.store.merge(self.session_id, lambda record: dict(
+                record, n=n, payload=payload))
+        self.assertEqual(reader.stdout.readline().strip(), 'sorted')

@@ -208,6 +208,25 @@ class RedisClusterTTLTests(RedisTTL, PublishingTestCase):
         return RedisCluster.from_url(urls.split(',')[0])
 
 
+class FileCutShortTests(PublishingTestCase):
+    """A session file that a crash cut short in the middle of a write."""
+
+    layer = stores.LAYERS['file']
+
+    def test_its_browser_gets_a_new_session_and_keeps_it(self):
+        StoreTests.addCounter(self)
+        browser = self.browser()
+        self.get(browser, '/count')
+        count, session_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '2')
+        path = self.layer['beaker_configuration'].store.path(session_id)
+        os.truncate(path, os.path.getsize(path) // 2)
+        count, new_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '1')
+        self.assertNotEqual(new_id, session_id)
+        self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+
+
 def memcached_expiry_times(address):
     """``{key: exptime}`` of every item of a memcached server, read with
     ``lru_crawler metadump`` (exptime is a Unix time, -1 for none)."""
