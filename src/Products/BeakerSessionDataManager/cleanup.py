@@ -18,6 +18,7 @@ from datetime import datetime
 
 from .namespaces import LockTimeout
 from .session import ACCESSED
+from .store import DAMAGED
 from .store import TTL_MARGIN
 from .store import UNREADABLE
 
@@ -286,10 +287,11 @@ class Cleanup:
     the past; the grace period lets a request that read the session just
     before the deadline still write it.  Records that hold no session
     (left behind by invalidated sessions, or by reads of unknown ids on
-    dbm) go when their file or row is that old.  Records that cannot be
-    decoded go only with ``remove_unreadable``: with a wrong
-    ``encrypt_key`` or serializer in the cleanup's configuration every
-    session would look unreadable.
+    dbm) go when their file or row is that old, and so do session files
+    that cannot be unpickled at all (a write cut short by a crash).
+    Records that cannot be decoded go only with ``remove_unreadable``: with
+    a wrong ``encrypt_key`` or serializer in the cleanup's configuration
+    every session would look unreadable.
     """
 
     def __init__(self, configuration, layout, dry_run=False,
@@ -361,6 +363,8 @@ class Cleanup:
         old = written < deadline
         if record is UNREADABLE:
             return 'unreadable', old and self.remove_unreadable
+        if record is DAMAGED:
+            return 'damaged', old
         if record is None:
             return 'empty', old
         accessed = record.get(ACCESSED)

@@ -32,11 +32,13 @@ NOUNS = {
     'live': ('live session', 'live sessions'),
     'empty': ('empty record', 'empty records'),
     'unreadable': ('unreadable record', 'unreadable records'),
+    'damaged': ('damaged file', 'damaged files'),
     'undated': ('record without _accessed_time',
                 'records without _accessed_time'),
     'busy': ('session locked by its writer', 'sessions locked by writers'),
 }
-ORDER = ('expired', 'empty', 'unreadable', 'live', 'busy', 'undated')
+ORDER = ('expired', 'empty', 'damaged', 'unreadable', 'live', 'busy',
+         'undated')
 
 
 class UsageError(Exception):

@@ -50,14 +50,22 @@ MAX_REMEMBERED = 16
 REMOVABLE = FILE_LOCKED + (SqlaNamespaceManager,)
 
 
-class Unreadable:
-    """What ``remove_if`` passes for a record that cannot be decoded."""
+class Marker:
+    """What ``remove_if`` passes for a record it cannot give."""
+
+    def __init__(self, name):
+        self.name = name
 
     def __repr__(self):
-        return 'UNREADABLE'
+        return self.name
 
 
-UNREADABLE = Unreadable()
+# A record that cannot be decoded (with this configuration's keys and
+# serializer: other ones may read it).
+UNREADABLE = Marker('UNREADABLE')
+# A session file that cannot be unpickled, whatever the configuration: a
+# write cut short by a crash.
+DAMAGED = Marker('DAMAGED')
 
 
 @implementer(ISessionStore)
@@ -181,8 +189,9 @@ class BeakerStore:
         The record is read under the lock ``merge`` takes, so a concurrent
         writer either comes first and ``condition`` sees its write, or waits
         and then writes afresh.  ``record`` is the decoded dict, None if
-        the namespace holds no record, or UNREADABLE; ``written`` is when
-        the file or row was last written (seconds since the epoch).  Unlike
+        the namespace holds no record, UNREADABLE or DAMAGED; ``written``
+        is when the file or row was last written (seconds since the
+        epoch).  Unlike
         ``merge`` this writes nothing when the condition is false, and
         leaves no empty file or row behind.  Returns whether it removed
         something.
@@ -209,8 +218,11 @@ class BeakerStore:
             try:
                 namespace.open('r', checkcount=True)
             except Exception:
-                # Beaker cannot even unpickle the file.
-                record, foreign = UNREADABLE, False
+                # Beaker cannot even unpickle the file (a dbm file may be
+                # of a dbm module this Python lacks).
+                record = DAMAGED if isinstance(
+                    namespace, FileNamespaceManager) else UNREADABLE
+                foreign = False
             else:
                 try:
                     record = self._examine(namespace)

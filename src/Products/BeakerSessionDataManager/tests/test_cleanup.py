@@ -243,6 +243,24 @@ def test_unreadable_records_stay_unless_asked(settings, configuration):
     assert stored(configuration) == set(unreadable[2:])
 
 
+def test_damaged_files_go_once_old(tmp_path):
+    """Session files a crash cut short: no configuration reads them."""
+    configuration = file_configuration(tmp_path)
+    damaged = new_ids(3)
+    write(configuration, damaged, LONG_AGO)
+    for session_id in damaged:
+        path = configuration.store.path(session_id)
+        os.truncate(path, os.path.getsize(path) // 2)
+    backdate(configuration, damaged[:2])
+
+    report = clean(configuration)
+
+    assert report.removed == {'damaged': 2}
+    assert report.kept == {}
+    # Written recently: maybe by a writer still at it.
+    assert stored(configuration) == set(damaged[2:])
+
+
 def test_records_without_access_time_stay(configuration):
     undated = new_ids(2)
     for session_id in undated:

@@ -7,7 +7,7 @@ import unittest
 from beaker.cache import clsmap
 from beaker.session import Session
 
-from Products.BeakerSessionDataManager.store import UNREADABLE
+from Products.BeakerSessionDataManager.store import DAMAGED
 from Products.BeakerSessionDataManager.store import BeakerStore
 
 
@@ -120,8 +120,8 @@ class RemoveIfTests(unittest.TestCase):
         with open(path, 'wb') as f:
             f.write(b'not a pickle')
         self.assertTrue(self.store.remove_if(SESSION_ID, self.condition))
-        self.assertEqual(self.seen, [UNREADABLE])
-        self.assertEqual(repr(self.seen[0]), 'UNREADABLE')
+        self.assertEqual(self.seen, [DAMAGED])
+        self.assertEqual(repr(self.seen[0]), 'DAMAGED')
         self.assertIsNone(self.store.load(SESSION_ID))
 
     def test_stores_without_a_record_per_file_or_row(self):
