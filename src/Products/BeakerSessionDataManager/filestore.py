@@ -6,23 +6,25 @@ whose ``session`` key holds the encoded record), and the same locks
 (``flock`` on ``<lock_dir>/<h>/<hh>/<sha1 of the session id>.lock``), so
 that Beaker's own sessions and middleware can share the directories:
 
-- a write takes the session's lock as Beaker does, then rewrites the
-  session file in place while it holds an exclusive ``flock`` on the file
-  itself: a tenth of the CPU of writing a new file and renaming it over
-  the old one, as Beaker does (ext4 makes a rename force the new file's
-  data out);
+- a write takes the session's lock as Beaker does, and an exclusive
+  ``flock`` on the session file itself; a file of at most one memory page
+  it rewrites in place, a tenth of the CPU of writing a new file and
+  renaming it over the old one, as Beaker does (ext4 makes the rename
+  force the new file's data out), which it does for larger files;
 - a read takes a shared ``flock`` on the session file only, not Beaker's
   lock: it waits for a write of this store to finish, never for Beaker's
   lock holders, and finds Beaker's own writes whole anyway, as Beaker
   renames new files over the old ones.
 
 Beaker's readers take Beaker's lock, which this store's writers hold.
-A crash in the middle of a write can leave that one file unreadable: its
-session is then gone, as an unreadable record is for Beaker.  Beaker
-renames and uses flock only on POSIX systems: elsewhere the configuration
-keeps ``BeakerStore``.
+Linux copies a write of at most a page, at the start of a file, into the
+page cache in one step, which no signal cuts short: a writer killed in
+the middle leaves the old file or the new one.  Beaker renames and uses
+flock only on POSIX systems: elsewhere the configuration keeps
+``BeakerStore``.
 """
 import fcntl
+import mmap
 import os
 import pickle
 from contextlib import contextmanager
@@ -30,6 +32,10 @@ from hashlib import sha1
 
 from .store import RECORD_KEY
 from .store import BeakerStore
+
+
+# The largest session file rewritten in place (see above).
+IN_PLACE_LIMIT = mmap.PAGESIZE
 
 
 def encoded_path(root, name, extension):
@@ -40,7 +46,8 @@ def encoded_path(root, name, extension):
 
 
 class FileStore(BeakerStore):
-    """Beaker's session files, rewritten in place under Beaker's lock."""
+    """Beaker's session files, written under Beaker's lock and a lock on
+    the file."""
 
     def __init__(self, namespace_class, namespace_args, **kw):
         super().__init__(namespace_class, namespace_args, **kw)
@@ -74,17 +81,16 @@ class FileStore(BeakerStore):
             fcntl.flock(descriptor, fcntl.LOCK_SH)
             contents = unpickled(read_whole(descriptor))
         finally:
-            os.close(descriptor)  # and with it the flock
+            unlock_and_close(descriptor)
         return self._live_record(contents.get(RECORD_KEY))
 
     def merge(self, session_id, apply):
         """See ISessionStore."""
         path = self.path(session_id)
         with self._locked(session_id):
-            descriptor = create(path, os.O_RDWR)
+            descriptor, writable = open_locked(path)
             try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX)  # for our readers
-                old = read_whole(descriptor)
+                old = b'' if descriptor is None else read_whole(descriptor)
                 contents = unpickled(old)
                 # An expired record is no session: the merge starts afresh.
                 record = apply(self._live_record(contents.get(RECORD_KEY)))
@@ -92,29 +98,39 @@ class FileStore(BeakerStore):
                     contents[RECORD_KEY] = self.encode(record)
                 elif RECORD_KEY in contents:
                     del contents[RECORD_KEY]
-                elif not old:
-                    # Nothing to delete: no file to leave behind.
-                    os.remove(path)
-                    return None
-                rewrite(descriptor, pickle.dumps(contents), len(old))
+                elif descriptor is None:
+                    return None  # Nothing to delete: no file to write.
+                data = pickle.dumps(contents)
+                if writable and len(data) <= IN_PLACE_LIMIT:
+                    rewrite(descriptor, data, len(old))
+                else:
+                    replace(path, data)
             finally:
-                os.close(descriptor)
+                if descriptor is not None:
+                    unlock_and_close(descriptor)
         return record
 
     # -- helpers --
 
     @contextmanager
     def _locked(self, session_id):
-        """Beaker's exclusive lock of the session (FileSynchronizer)."""
-        descriptor = create(self.lock_path(session_id), os.O_WRONLY)
-        try:
+        """Beaker's exclusive lock of the session (FileSynchronizer).
+
+        The cleanup removes the lock file of a session it removes, holding
+        it: a writer that was waiting for that file then holds a lock
+        nobody else takes, and takes the one at the path instead.
+        """
+        path = self.lock_path(session_id)
+        while True:
+            descriptor = create(path, os.O_WRONLY)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(descriptor, fcntl.LOCK_UN)
+            if same_file(descriptor, path):
+                break
+            unlock_and_close(descriptor)
+        try:
+            yield
         finally:
-            os.close(descriptor)
+            unlock_and_close(descriptor)
 
 
 # Files are read and written with os.read and os.pwrite: Python's file
@@ -142,9 +158,48 @@ def create(path, flags):
         return os.open(path, flags | os.O_CREAT, 0o666)
 
 
+def same_file(descriptor, path):
+    """Whether ``path`` still names the open file."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
+
+
+def open_locked(path):
+    """The session file at ``path`` under an exclusive flock, and whether
+    it can be written in place: (None, False) if there is none.
+
+    Read-only for a file of another user that this one may only replace.
+    A file renamed over or removed while waiting for the flock is left for
+    the one that is there now.
+    """
+    while True:
+        try:
+            descriptor, writable = os.open(path, os.O_RDWR), True
+        except PermissionError:
+            descriptor, writable = os.open(path, os.O_RDONLY), False
+        except FileNotFoundError:
+            return None, False
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        if os.fstat(descriptor).st_nlink:
+            return descriptor, writable
+        unlock_and_close(descriptor)
+
+
+def unlock_and_close(descriptor):
+    # Unlocked first: a process forked meanwhile holds the file too.
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
+
+
 def unpickled(data):
     """The dict a session file holds; empty for none, and for one that
-    cannot be read (a write cut short by a crash)."""
+    cannot be read (a write cut short by a crash of the host)."""
     try:
         contents = pickle.loads(data)
     except Exception:
@@ -161,4 +216,28 @@ def rewrite(descriptor, data, old_length):
         offset += written
         unwritten = unwritten[written:]
     if len(data) < old_length:
+        # Killed before this, the writer leaves the end of the old file
+        # after the new one, which unpickling ignores.
         os.ftruncate(descriptor, len(data))
+
+
+def replace(path, data):
+    """Write ``path`` whole, as ``beaker.util.safe_write`` does: to
+    ``path.temp`` (one writer at a time: the caller holds the lock), then
+    renamed over ``path``."""
+    temporary = path + '.temp'
+    descriptor = create(temporary, os.O_WRONLY | os.O_TRUNC)
+    try:
+        try:
+            # Blocks allocated now, not when written back: replacing a file
+            # on ext4 (auto_da_alloc) otherwise first forces the new one's
+            # delayed allocation, half the cost of a write there.
+            os.posix_fallocate(descriptor, 0, len(data))
+        except OSError:
+            pass  # Not for this filesystem: the write still is.
+        unwritten = memoryview(data)
+        while unwritten:
+            unwritten = unwritten[os.write(descriptor, unwritten):]
+    finally:
+        os.close(descriptor)
+    os.rename(temporary, path)

@@ -1,6 +1,10 @@
-"""The file store reads Beaker's session files without Beaker's lock."""
+"""The file store: Beaker's session files, read and written under locks
+of their own besides Beaker's."""
+import fcntl
 import os
+import random
 import secrets
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,7 +14,9 @@ import unittest
 
 from beaker.cache import clsmap
 
+from Products.BeakerSessionDataManager.filestore import IN_PLACE_LIMIT
 from Products.BeakerSessionDataManager.filestore import FileStore
+from Products.BeakerSessionDataManager.filestore import unlock_and_close
 from Products.BeakerSessionDataManager.tests.test_store import SECRET
 from Products.BeakerSessionDataManager.tests.test_store import StoreTests
 
@@ -49,7 +55,7 @@ class FileStoreTests(StoreTests):
         self.assertTrue(os.path.exists(store.path('d' * 32)))
         self.assertIsNone(store.load('d' * 32))
 
-    def test_a_write_rewrites_the_file_in_place(self):
+    def test_a_file_of_a_page_is_rewritten_in_place(self):
         store = self.make_store()
         store.merge('f' * 32, lambda record: {'a': 'x' * 1000})
         before = os.stat(store.path('f' * 32))
@@ -58,6 +64,15 @@ class FileStoreTests(StoreTests):
         self.assertEqual(after.st_ino, before.st_ino)
         self.assertLess(after.st_size, before.st_size)  # No old tail.
         self.assertEqual(store.load('f' * 32), {'a': 'y'})
+
+    def test_a_larger_file_is_replaced_whole(self):
+        store = self.make_store()
+        store.merge('f' * 32, lambda record: {'a': 'x'})
+        before = os.stat(store.path('f' * 32))
+        store.merge('f' * 32, lambda record: {'a': 'y' * IN_PLACE_LIMIT})
+        after = os.stat(store.path('f' * 32))
+        self.assertNotEqual(after.st_ino, before.st_ino)
+        self.assertEqual(store.load('f' * 32), {'a': 'y' * IN_PLACE_LIMIT})
 
     def test_a_file_cut_short_is_no_session_and_is_written_afresh(self):
         # What a crash in the middle of a write can leave behind.
@@ -69,6 +84,125 @@ class FileStoreTests(StoreTests):
         store.merge('f' * 32, lambda record: seen.append(record) or {'b': 2})
         self.assertEqual(seen, [None])
         self.assertEqual(store.load('f' * 32), {'b': 2})
+
+
+class LockTests(unittest.TestCase):
+    """What a writer finds once it has waited for a lock."""
+
+    def setUp(self):
+        import shutil
+        import tempfile
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.store = FileStore(
+            clsmap['file'], {'lock_dir': self.tmp + '/lock'},
+            data_dir=self.tmp + '/data')
+        self.session_id = secrets.token_hex(16)
+        self.store.merge(self.session_id, lambda record: {'n': 1})
+
+    def holding(self, path, blocking=True):
+        descriptor = os.open(path, os.O_RDONLY)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (
+            0 if blocking else fcntl.LOCK_NB))
+        return descriptor
+
+    def merging(self, apply):
+        thread = threading.Thread(
+            target=self.store.merge, args=(self.session_id, apply),
+            daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        return thread
+
+    def test_a_read_waits_for_a_write_of_this_store(self):
+        # A write in place holds the session file so: a read in the middle
+        # would find part of it.
+        writer = self.holding(self.store.path(self.session_id))
+        loaded = []
+        reader = threading.Thread(
+            target=lambda: loaded.append(self.store.load(self.session_id)),
+            daemon=True)
+        reader.start()
+        reader.join(0.2)
+        self.assertEqual(loaded, [])
+        os.close(writer)
+        reader.join(30)
+        self.assertEqual(loaded, [{'n': 1}])
+
+    def test_a_lock_file_removed_while_waiting_is_made_again(self):
+        # The cleanup removes the lock file of a session it removed,
+        # holding it; a writer that waited for it must then lock the new
+        # file at the path, the one Beaker's readers lock.
+        lock_path = self.store.lock_path(self.session_id)
+        cleanup = self.holding(lock_path)
+        inside, leave = threading.Event(), threading.Event()
+
+        def apply(record):
+            inside.set()
+            leave.wait(30)
+            return {'n': 2}
+
+        self.merging(apply)
+        self.addCleanup(leave.set)  # Before the cleanup that joins it.
+        time.sleep(0.2)  # Not a timing: without it, the test proves less.
+        self.assertFalse(inside.is_set())
+        os.remove(lock_path)
+        os.close(cleanup)
+        self.assertTrue(inside.wait(30))
+        with open(lock_path) as reader:
+            with self.assertRaises(BlockingIOError):
+                fcntl.flock(reader, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+    def test_a_session_file_removed_while_waiting_is_written_afresh(self):
+        # A reader of ours holds the file; meanwhile the file goes (a
+        # writer that did not wait for Beaker's lock): the write must not
+        # go into the file that is gone.
+        reader = self.holding(self.store.path(self.session_id))
+        thread = self.merging(lambda record: dict(record or {}, n=2))
+        time.sleep(0.2)  # Not a timing: without it, the test proves less.
+        os.remove(self.store.path(self.session_id))
+        os.close(reader)
+        thread.join(30)
+        self.assertEqual(self.store.load(self.session_id), {'n': 2})
+
+    def test_a_forked_child_keeps_no_lock(self):
+        descriptor = self.holding(self.store.path(self.session_id))
+        child = os.fork()
+        if not child:  # pragma: no cover - the child only waits
+            time.sleep(30)
+            os._exit(0)
+        self.addCleanup(os.waitpid, child, 0)
+        self.addCleanup(os.kill, child, signal.SIGKILL)
+        unlock_and_close(descriptor)
+        # The child has the file open still, but not locked.
+        path = self.store.path(self.session_id)
+        os.close(self.holding(path, blocking=False))
+
+    def test_a_file_of_another_user_is_replaced(self):
+        # Its directory is shared, its file is not ours to write: 0644,
+        # or for root, written by another account.
+        path = self.store.path(self.session_id)
+        os.chmod(path, 0o444)
+        code = textwrap.dedent('''\
+            import os, sys
+            from beaker.cache import clsmap
+            from Products.BeakerSessionDataManager.filestore import FileStore
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            store = FileStore(clsmap['file'], {'lock_dir': sys.argv[1]},
+                              data_dir=sys.argv[2])
+            store.merge(sys.argv[3], lambda record: dict(record, n=2))
+            ''')
+        for root, directories, _ in os.walk(self.tmp):
+            for name in directories:
+                os.chmod(os.path.join(root, name), 0o777)
+        os.chmod(self.tmp, 0o777)
+        os.chmod(self.store.lock_path(self.session_id), 0o666)
+        subprocess.run(
+            [sys.executable, '-c', code, self.tmp + '/lock',
+             self.tmp + '/data', self.session_id], check=True)
+        self.assertEqual(self.store.load(self.session_id), {'n': 2})
 
 
 class SharedFilesTests(unittest.TestCase):
@@ -189,13 +323,16 @@ class SharedFilesTests(unittest.TestCase):
         self.assertEqual(seen, sorted(seen))
         self.assertEqual(writer.stdout.readline().strip(), 'done')
 
-    # Sessions of a few hundred kilobytes: a write takes long enough for a
-    # read without the lock to find it half done; a shorter one leaves the
-    # end of a longer one behind it until the file is truncated.
+    # Payloads by the parity of the write: a shorter one leaves the end of
+    # a longer one behind it until the file is truncated.  Sessions that
+    # fit in a page are rewritten in place; sessions of a few hundred
+    # kilobytes are replaced, and take a write long enough for a read
+    # without the lock to find it half done.
+    SIZES = {'in place': (1500, 600), 'replaced': (200000, 100000)}
     REWRITES = '''\
         print('ready', flush=True)
         for n in range(1, 301):
-            payload = str(n) * (200000 if n & 1 else 100000)
+            payload = str(n %% 10) * (%d if n & 1 else %d)
             store.merge(%r, lambda record: {
                 '_creation_time': 1.0, '_accessed_time': 2e9, 'n': n,
                 'payload': payload})
@@ -203,44 +340,78 @@ class SharedFilesTests(unittest.TestCase):
         '''
 
     @staticmethod
-    def payload(n):
-        return str(n) * (200000 if n & 1 else 100000)
+    def payload(n, sizes):
+        return str(n % 10) * (sizes[0] if n & 1 else sizes[1])
 
     def first_record(self):
         self.store.merge(self.session_id, lambda record: {
             '_creation_time': 1.0, '_accessed_time': 2e9, 'n': 0})
 
     def test_reads_find_whole_records_while_this_store_rewrites_them(self):
-        self.first_record()
-        writer = self.file_store(self.REWRITES % self.session_id)
-        seen = []
-        while not seen or seen[-1] < 300:
-            record = self.store.load(self.session_id)
-            n = record['n']
-            if n:
-                self.assertEqual(record['payload'], self.payload(n))
-            seen.append(n)
-        self.assertEqual(seen, sorted(seen))
-        self.assertEqual(writer.stdout.readline().strip(), 'done')
+        for how, sizes in self.SIZES.items():
+            with self.subTest(how):
+                self.first_record()
+                writer = self.file_store(
+                    self.REWRITES % (sizes + (self.session_id,)))
+                seen = []
+                while not seen or seen[-1] < 300:
+                    record = self.store.load(self.session_id)
+                    n = record['n']
+                    if n:
+                        self.assertEqual(record['payload'],
+                                         self.payload(n, sizes))
+                    seen.append(n)
+                self.assertEqual(seen, sorted(seen))
+                self.assertEqual(writer.stdout.readline().strip(), 'done')
 
     def test_beaker_reads_whole_records_while_this_store_rewrites_them(self):
-        self.first_record()
-        reader = self.beaker('''\
-            print('ready', flush=True)
-            seen = []
-            while not seen or seen[-1] < 300:
-                session = Session({}, **options)
-                n = session['n']
-                if n and session['payload'] != str(n) * (
-                        200000 if n & 1 else 100000):
-                    print('torn at', n, flush=True)
-                    sys.exit()
-                seen.append(n)
-            print('sorted' if seen == sorted(seen) else 'unsorted',
-                  flush=True)
-            ''')
-        for n in range(1, 301):
-            payload = self.payload(n)
-            self.store.merge(self.session_id, lambda record: dict(
-                record, n=n, payload=payload))
-        self.assertEqual(reader.stdout.readline().strip(), 'sorted')
+        for how, sizes in self.SIZES.items():
+            with self.subTest(how):
+                self.first_record()
+                reader = self.beaker('''\
+                    print('ready', flush=True)
+                    seen = []
+                    while not seen or seen[-1] < 300:
+                        session = Session({}, **options)
+                        n = session['n']
+                        if n and session['payload'] != str(n %% 10) * (
+                                %d if n & 1 else %d):
+                            print('torn at', n, flush=True)
+                            sys.exit()
+                        seen.append(n)
+                    print('sorted' if seen == sorted(seen) else 'unsorted',
+                          flush=True)
+                    ''' % sizes)
+                for n in range(1, 301):
+                    payload = self.payload(n, sizes)
+                    self.store.merge(self.session_id, lambda record: dict(
+                        record, n=n, payload=payload))
+                self.assertEqual(reader.stdout.readline().strip(), 'sorted')
+
+    def test_a_writer_killed_in_the_middle_leaves_a_whole_file(self):
+        # Killed (the OOM killer, a supervisor) at any moment of a write in
+        # place, a Zope leaves the old session or the new one.
+        path = self.store.path(self.session_id)
+        self.store.merge(self.session_id, lambda record: {
+            '_accessed_time': 2e9, 'a': 'x' * 1000, 'b': 'x' * 1000})
+        in_place = os.stat(path).st_ino
+        for _ in range(10):
+            writer = self.file_store('''\
+                records = [{'_accessed_time': 2e9, 'a': c * 1000,
+                            'b': c * 1000} for c in 'yx']
+                print('ready', flush=True)
+                n = 0
+                while True:
+                    n += 1
+                    store.merge(%r, lambda record: records[n & 1])
+                ''' % self.session_id)
+            written = os.stat(path).st_mtime_ns
+            while os.stat(path).st_mtime_ns == written:
+                pass  # Until it writes.
+            time.sleep(random.uniform(0, 0.002))
+            writer.kill()
+            writer.wait()
+            record = self.store.load(self.session_id)
+            self.assertIn(record['a'], ('x' * 1000, 'y' * 1000))
+            self.assertEqual(record['b'], record['a'])
+        self.assertEqual(os.stat(path).st_ino, in_place)
