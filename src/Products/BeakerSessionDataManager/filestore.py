@@ -8,7 +8,7 @@ that Beaker's own sessions and middleware can share the directories:
 
 - a write takes the session's lock as Beaker does, and an exclusive
   ``flock`` on the session file itself; a file of at most one memory page
-  it rewrites in place, a tenth of the CPU of writing a new file and
+  it rewrites in place, a third of the CPU of writing a new file and
   renaming it over the old one, as Beaker does (ext4 makes the rename
   force the new file's data out), which it does for larger files;
 - a read takes a shared ``flock`` on the session file only, not Beaker's
@@ -27,6 +27,7 @@ import fcntl
 import mmap
 import os
 import pickle
+import sys
 from contextlib import contextmanager
 from hashlib import sha1
 
@@ -34,8 +35,9 @@ from .store import RECORD_KEY
 from .store import BeakerStore
 
 
-# The largest session file rewritten in place (see above).
-IN_PLACE_LIMIT = mmap.PAGESIZE
+# The largest session file rewritten in place (see above); elsewhere than
+# on Linux, none.
+IN_PLACE_LIMIT = mmap.PAGESIZE if sys.platform.startswith('linux') else 0
 
 
 def encoded_path(root, name, extension):
