@@ -191,10 +191,9 @@ class BeakerStore:
         and then writes afresh.  ``record`` is the decoded dict, None if
         the namespace holds no record, UNREADABLE or DAMAGED; ``written``
         is when the file or row was last written (seconds since the
-        epoch).  Unlike
-        ``merge`` this writes nothing when the condition is false, and
-        leaves no empty file or row behind.  Returns whether it removed
-        something.
+        epoch).  Unlike ``merge`` this writes nothing when the condition is
+        false, and leaves no empty file or row behind.  Returns whether it
+        removed something.
         """
         namespace = self._namespace(session_id)
         if isinstance(namespace, FILE_LOCKED):

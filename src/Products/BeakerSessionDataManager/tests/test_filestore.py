@@ -4,9 +4,11 @@ import fcntl
 import os
 import random
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -86,18 +88,32 @@ class FileStoreTests(StoreTests):
         self.assertEqual(store.load('f' * 32), {'b': 2})
 
 
-class LockTests(unittest.TestCase):
-    """What a writer finds once it has waited for a lock."""
+class FilesTestCase(unittest.TestCase):
+    """A file store in a directory of its own, and a session id."""
 
     def setUp(self):
-        import shutil
-        import tempfile
         self.tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.store = FileStore(
             clsmap['file'], {'lock_dir': self.tmp + '/lock'},
             data_dir=self.tmp + '/data')
         self.session_id = secrets.token_hex(16)
+
+    def loading(self):
+        """A thread that loads the session into the list it returns too."""
+        loaded = []
+        thread = threading.Thread(
+            target=lambda: loaded.append(self.store.load(self.session_id)),
+            daemon=True)
+        thread.start()
+        return thread, loaded
+
+
+class LockTests(FilesTestCase):
+    """What a writer finds once it has waited for a lock."""
+
+    def setUp(self):
+        super().setUp()
         self.store.merge(self.session_id, lambda record: {'n': 1})
 
     def holding(self, path, blocking=True):
@@ -118,11 +134,7 @@ class LockTests(unittest.TestCase):
         # A write in place holds the session file so: a read in the middle
         # would find part of it.
         writer = self.holding(self.store.path(self.session_id))
-        loaded = []
-        reader = threading.Thread(
-            target=lambda: loaded.append(self.store.load(self.session_id)),
-            daemon=True)
-        reader.start()
+        reader, loaded = self.loading()
         reader.join(0.2)
         self.assertEqual(loaded, [])
         os.close(writer)
@@ -205,20 +217,10 @@ class LockTests(unittest.TestCase):
         self.assertEqual(self.store.load(self.session_id), {'n': 2})
 
 
-class SharedFilesTests(unittest.TestCase):
+class SharedFilesTests(FilesTestCase):
     """Processes of their own read and write the files, through Beaker as
     Beaker's own middleware would, or through FileStore as another Zope
     would."""
-
-    def setUp(self):
-        import shutil
-        import tempfile
-        self.tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.store = FileStore(
-            clsmap['file'], {'lock_dir': self.tmp + '/lock'},
-            data_dir=self.tmp + '/data')
-        self.session_id = secrets.token_hex(16)
 
     def beaker(self, code):
         """Run ``code`` in a process with Beaker's session of our id as
@@ -271,11 +273,7 @@ class SharedFilesTests(unittest.TestCase):
 
     def test_a_read_does_not_wait_for_a_writer(self):
         writer = self.holding_the_lock()
-        loaded = []
-        reader = threading.Thread(
-            target=lambda: loaded.append(self.store.load(self.session_id)),
-            daemon=True)
-        reader.start()
+        reader, loaded = self.loading()
         # Not a timing: through Beaker's lock the read would wait until
         # the writer lets go, which it does only when told below.
         reader.join(30)
