@@ -388,21 +388,23 @@ class SharedFilesTests(FilesTestCase):
 
     def test_a_writer_killed_in_the_middle_leaves_a_whole_file(self):
         # Killed (the OOM killer, a supervisor) at any moment of a write in
-        # place, a Zope leaves the old session or the new one.
+        # place, a Zope leaves the old session or the new one; the two
+        # differ in length, so the file grows and shrinks.
         path = self.store.path(self.session_id)
+        whole = ('x' * 600, 'y' * 1000)
         self.store.merge(self.session_id, lambda record: {
-            '_accessed_time': 2e9, 'a': 'x' * 1000, 'b': 'x' * 1000})
+            '_accessed_time': 2e9, 'a': whole[0], 'b': whole[0]})
         in_place = os.stat(path).st_ino
         for _ in range(10):
             writer = self.file_store('''\
-                records = [{'_accessed_time': 2e9, 'a': c * 1000,
-                            'b': c * 1000} for c in 'yx']
+                records = [{'_accessed_time': 2e9, 'a': value, 'b': value}
+                           for value in %r]
                 print('ready', flush=True)
                 n = 0
                 while True:
                     n += 1
                     store.merge(%r, lambda record: records[n & 1])
-                ''' % self.session_id)
+                ''' % (whole, self.session_id))
             written = os.stat(path).st_mtime_ns
             while os.stat(path).st_mtime_ns == written:
                 pass  # Until it writes.
@@ -410,6 +412,6 @@ class SharedFilesTests(FilesTestCase):
             writer.kill()
             writer.wait()
             record = self.store.load(self.session_id)
-            self.assertIn(record['a'], ('x' * 1000, 'y' * 1000))
+            self.assertIn(record['a'], whole)
             self.assertEqual(record['b'], record['a'])
         self.assertEqual(os.stat(path).st_ino, in_place)
