@@ -29,10 +29,12 @@ import os
 import pickle
 import sys
 from contextlib import contextmanager
+from functools import partial
 from hashlib import sha1
 
 from .store import RECORD_KEY
 from .store import BeakerStore
+from .store import pickled_dict
 
 
 # The largest session file rewritten in place (see above); elsewhere than
@@ -90,7 +92,7 @@ class FileStore(BeakerStore):
         """See ISessionStore."""
         path = self.path(session_id)
         with self._locked(session_id):
-            descriptor, writable = open_locked(path)
+            descriptor, writable = locked_session_file(path)
             try:
                 old = b'' if descriptor is None else read_whole(descriptor)
                 contents = unpickled(old)
@@ -123,12 +125,7 @@ class FileStore(BeakerStore):
         nobody else takes, and takes the one at the path instead.
         """
         path = self.lock_path(session_id)
-        while True:
-            descriptor = create(path, os.O_WRONLY)
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            if same_file(descriptor, path):
-                break
-            unlock_and_close(descriptor)
+        descriptor = locked_file(path, partial(create, path, os.O_WRONLY))
         try:
             yield
         finally:
@@ -170,25 +167,33 @@ def same_file(descriptor, path):
     return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
 
 
-def open_locked(path):
-    """The session file at ``path`` under an exclusive flock, and whether
-    it can be written in place: (None, False) if there is none.
+def locked_file(path, open_file):
+    """``open_file()``, the file at ``path``, under an exclusive flock.
 
-    Read-only for a file of another user that this one may only replace.
-    A file renamed over or removed while waiting for the flock is left for
-    the one that is there now.
+    A file renamed over or removed while this waited for its flock is
+    nobody's lock and no session any more: the one at the path now is
+    opened and locked instead.
     """
     while True:
-        try:
-            descriptor, writable = os.open(path, os.O_RDWR), True
-        except PermissionError:
-            descriptor, writable = os.open(path, os.O_RDONLY), False
-        except FileNotFoundError:
-            return None, False
+        descriptor = open_file()
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        if os.fstat(descriptor).st_nlink:
-            return descriptor, writable
+        if same_file(descriptor, path):
+            return descriptor
         unlock_and_close(descriptor)
+
+
+def locked_session_file(path):
+    """The session file at ``path`` under an exclusive flock, and whether
+    it can be rewritten in place; (None, False) if there is none."""
+    try:
+        try:
+            return locked_file(path, partial(os.open, path, os.O_RDWR)), True
+        except PermissionError:
+            # Another user's file, which this one may only replace.
+            return locked_file(
+                path, partial(os.open, path, os.O_RDONLY)), False
+    except FileNotFoundError:
+        return None, False
 
 
 def unlock_and_close(descriptor):
@@ -203,10 +208,9 @@ def unpickled(data):
     """The dict a session file holds; empty for none, and for one that
     cannot be read (a write cut short by a crash of the host)."""
     try:
-        contents = pickle.loads(data)
+        return pickled_dict(data)
     except Exception:
         return {}
-    return contents if isinstance(contents, dict) else {}
 
 
 def rewrite(descriptor, data, old_length):
@@ -237,9 +241,7 @@ def replace(path, data):
             os.posix_fallocate(descriptor, 0, len(data))
         except OSError:
             pass  # Not for this filesystem: the write still is.
-        unwritten = memoryview(data)
-        while unwritten:
-            unwritten = unwritten[os.write(descriptor, unwritten):]
+        rewrite(descriptor, data, 0)
     finally:
         os.close(descriptor)
     os.rename(temporary, path)

@@ -24,13 +24,13 @@ from datetime import datetime
 from . import namespaces
 from .store import RECORD_KEY
 from .store import BeakerStore
+from .store import pickled_dict
 
 
 def row_contents(data):
     """The dict a row's ``data`` holds (what the column's PickleType and
     Beaker's namespace load), empty if it is no dict."""
-    contents = pickle.loads(bytes(data))
-    return contents if isinstance(contents, dict) else {}
+    return pickled_dict(bytes(data))
 
 
 class SqlStore(BeakerStore):

@@ -50,6 +50,13 @@ MAX_REMEMBERED = 16
 REMOVABLE = FILE_LOCKED + (SqlaNamespaceManager,)
 
 
+def pickled_dict(data):
+    """The dict pickled in ``data``, a session's file or row as Beaker
+    writes it; empty if it holds no dict."""
+    contents = pickle.loads(data)
+    return contents if isinstance(contents, dict) else {}
+
+
 class Marker:
     """What ``remove_if`` passes for a record it cannot give."""
 
