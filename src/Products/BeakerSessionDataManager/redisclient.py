@@ -12,12 +12,16 @@ takes in the notices already on its socket (a poll, no round trip).  A
 writer waits, with one more round trip (``Slot.sync``), until Redis has
 sent out the notices of its write: a browser that has just written its
 session through another Zope instance, and waited for the response, is
-seen by its next request here.
+seen by its next request here.  It waits only if another process caches:
+each cache enters itself in a registry (``CACHES_KEY``) before it takes
+in anything, and the writer's script looks there.
 
 A server without RESP3 or tracking (Redis before 6, some proxies) gets
 the same commands, without the cache.
 """
+import itertools
 import os
+import secrets
 import select
 import socket
 import ssl
@@ -38,8 +42,22 @@ SSL_CERT_REQS = {'none': ssl.CERT_NONE, 'optional': ssl.CERT_OPTIONAL,
 URL_OPTIONS = ('db', 'socket_timeout', 'socket_connect_timeout',
                'ssl_cert_reqs', 'ssl_ca_certs', 'ssl_check_hostname')
 MISSING = object()
+# The registry of the caches of a database: a set of channel names.  Each
+# cache subscribes its connections to a channel of its own, so the channel
+# has a subscriber as long as the cache can hear of changes; writers look
+# for other caches there, and drop the names of those gone.  (Beaker's
+# prefix, which access lists for sessions let through; a single colon:
+# never a key of Beaker's.)
+CACHES_KEY = 'beaker_cache:client_caches'
+CACHE_CHANNEL = 'beaker_cache:client_cache:%s.%d'
+# The registry's entry for a cache whose user may not subscribe (Redis 7
+# gives new users of its access lists no channels): writers always wait.
+UNNAMED_CACHE = '*'
 # Every slot of the process, to let a forked child forget their sockets.
 _slots = weakref.WeakSet()
+# Names this process's caches apart from another's (a forked child's too).
+_process_token = secrets.token_hex(8)
+_client_serials = itertools.count(1)
 
 
 class ReplyError(Exception):
@@ -111,9 +129,11 @@ class Push(list):
 class Connection:
     """One socket to Redis: commands and their replies, one at a time."""
 
-    def __init__(self, settings, on_invalidate=None):
+    def __init__(self, settings, on_invalidate=None, channel=None):
         self.settings = settings
         self.on_invalidate = on_invalidate
+        # The cache's channel (see CACHES_KEY), if it caches.
+        self.channel = channel
         # Whether the server can track keys (for anybody's cache), and
         # whether it tracks this connection's.
         self.resp3 = False
@@ -189,11 +209,38 @@ class Connection:
         self.resp3 = resp3
         if resp3 and self.on_invalidate is not None:
             try:
+                self._enter_cache()
                 self.execute('CLIENT', 'TRACKING', 'on', 'NOLOOP')
             except ReplyError:
-                pass  # A proxy or a server without tracking: no cache.
+                # A proxy, a server without tracking, or a user whose
+                # access list refuses the registry: no cache.
+                pass
             else:
                 self.tracking = True
+
+    def _enter_cache(self):
+        """Subscribe to the cache's channel, then enter the channel in the
+        registry: in this order, a writer never finds it there without a
+        subscriber, and drops it as gone."""
+        try:
+            self._subscribe(self.channel)
+            entry = self.channel
+        except ReplyError:
+            entry = UNNAMED_CACHE
+        self.execute('SADD', CACHES_KEY, entry)
+
+    def _subscribe(self, channel):
+        self.sock.sendall(pack(('SUBSCRIBE', channel)))
+        while True:
+            # RESP3 confirms a subscription out of band.
+            reply = self._reply()
+            if isinstance(reply, ReplyError):
+                raise reply
+            if type(reply) is not Push:
+                raise ProtocolError('unexpected reply %r' % (reply,))
+            if reply[:1] in ([b'subscribe'], ['subscribe']):
+                return
+            self._notice(reply)
 
     def close(self):
         try:
@@ -314,12 +361,15 @@ class Slot:
     """A connection of its own for a share of the keys, and the cache of
     the values it read or wrote."""
 
-    def __init__(self, settings, cache_size):
+    def __init__(self, settings, cache_size, client):
         self.settings = settings
         self.cache_size = cache_size
+        self.client = client
         self.cache = {}
         self.caching = cache_size > 0
         self.connection = None
+        # The database was flushed, and the registry with it.
+        self.flushed = False
         self.lock = threading.Lock()
         _slots.add(self)
 
@@ -343,7 +393,7 @@ class Slot:
 
     def sync(self):
         """Return once Redis has sent out the notices of this connection's
-        writes so far.
+        writes so far (needed when other processes cache).
 
         Redis sends a pass of its event loop's answers and notices one
         socket after the other; scheduled out in between, it can answer the
@@ -367,6 +417,11 @@ class Slot:
         except BaseException:
             self._drop()
             return MISSING
+        if self.flushed:
+            # A new connection enters the cache in the registry again,
+            # before it reads what it keeps.
+            self._drop()
+            return MISSING
         return self.cache.get(key, MISSING)
 
     def keep(self, key, value):
@@ -385,12 +440,14 @@ class Slot:
         if self.connection is not None:
             return False
         self.connection = Connection(
-            self.settings, self._invalidate if self.caching else None)
+            self.settings, self._invalidate if self.caching else None,
+            self.client.channel)
         return True
 
     def _drop(self):
         # The notices of a lost connection are lost with it.
         self.cache.clear()
+        self.flushed = False
         if self.connection is not None:
             self.connection.close()
             self.connection = None
@@ -401,6 +458,7 @@ class Slot:
         ours."""
         self.lock = threading.Lock()
         self.cache.clear()
+        self.flushed = False
         if self.connection is not None:
             # Closing our copy of the socket leaves the parent's open.
             self.connection.close()
@@ -409,6 +467,7 @@ class Slot:
     def _invalidate(self, keys):
         if keys is None:
             self.cache.clear()
+            self.flushed = True
             return
         for key in keys:
             self.cache.pop(key.decode() if isinstance(key, bytes) else key,
@@ -420,14 +479,23 @@ class Client:
 
     def __init__(self, url, cache_size):
         self.settings = parse_url(url)
+        self.serial = next(_client_serials)
         per_slot = max(1, cache_size // SLOTS) if cache_size else 0
-        self.slots = [Slot(self.settings, per_slot) for _ in range(SLOTS)]
+        self.slots = [Slot(self.settings, per_slot, self)
+                      for _ in range(SLOTS)]
 
     def slot(self, key):
         return self.slots[hash(key) % SLOTS]
 
+    @property
+    def channel(self):
+        """The name of this process's cache of this client's records."""
+        return CACHE_CHANNEL % (_process_token, self.serial)
+
 
 def _forget_connections_in_child():
+    global _process_token
+    _process_token = secrets.token_hex(8)
     for slot in list(_slots):
         slot._after_fork()
 

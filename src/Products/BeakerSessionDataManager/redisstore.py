@@ -11,16 +11,19 @@ the database, but:
 - ``merge`` is one ``EVALSHA`` of a compare-and-set script that writes the
   new record only if the stored one is still the one the changes were
   applied to, and otherwise answers the stored record, to which they are
-  applied again.  No lock is taken or released.  A ``PING`` follows a
-  write (and a delete) on a server that can track keys: the other
-  processes' caches have heard of it before the browser has.
+  applied again.  No lock is taken or released.  When other processes
+  cache records (the script looks in ``redisclient.CACHES_KEY``), a
+  ``PING`` follows the write: their caches have heard of it before the
+  browser has.  A delete is always followed by one.
 """
 import pickle
 import threading
 from hashlib import sha1
 
 from .interfaces import ConfigurationError
+from .redisclient import CACHES_KEY
 from .redisclient import MISSING
+from .redisclient import UNNAMED_CACHE
 from .redisclient import Client
 from .redisclient import NoScriptError
 from .store import MAX_ATTEMPTS
@@ -31,9 +34,15 @@ from .store import CompareAndSetStore
 # RedisNamespaceManager's key of a namespace's RECORD_KEY.
 KEY = 'beaker_cache:%s:' + RECORD_KEY
 # KEYS[1]: the record; ARGV: the expected value ('' for none), the new
-# value ('' to delete), the time to live in seconds ('' for none).  The
-# write ends the connection's tracking of the key; reading it again keeps
-# the cached value under Redis's watch.
+# value ('' to delete), the time to live in seconds ('' for none), the
+# writer's own cache channel, the registry of caches.  The write ends the
+# connection's tracking of the key; reading it again keeps the cached value
+# under Redis's watch.  A write answers {1, 1} if another process caches
+# (a channel of the registry has a subscriber, or the registry has a cache
+# without a channel), or if the registry cannot be read: the writer then
+# waits for the notices.  Channels without a subscriber are of caches gone:
+# dropped.  The registry is no declared key, so that a user whose access
+# list refuses it can still write (and always waits).
 COMPARE_AND_SET = '''\
 local current = redis.call('GET', KEYS[1])
 if (current or '') ~= ARGV[1] then
@@ -47,8 +56,24 @@ else
     redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
 redis.call('EXISTS', KEYS[1])
-return {1}
-'''
+local channels = redis.pcall('SMEMBERS', ARGV[5])
+if channels.err then
+    return {1, 1}
+end
+for _, channel in ipairs(channels) do
+    if channel == '%s' then
+        return {1, 1}
+    end
+    if channel ~= ARGV[4] then
+        local counts = redis.pcall('PUBSUB', 'NUMSUB', channel)
+        if counts.err or counts[2] > 0 then
+            return {1, 1}
+        end
+        redis.pcall('SREM', ARGV[5], channel)
+    end
+end
+return {1, 0}
+''' % UNNAMED_CACHE
 COMPARE_AND_SET_SHA = sha1(COMPARE_AND_SET.encode('ascii')).hexdigest()
 # Records a process keeps (session.client_cache_size).
 DEFAULT_CACHE_SIZE = 10000
@@ -67,8 +92,8 @@ def shared_client(url, cache_size):
 
 
 class RedisStore(CompareAndSetStore):
-    """Beaker's Redis records: reads from a coherent cache, a write in two
-    round trips."""
+    """Beaker's Redis records: reads from a coherent cache, a write in one
+    round trip (two where other processes cache)."""
 
     def __init__(self, namespace_class, namespace_args,
                  client_cache_size=DEFAULT_CACHE_SIZE, **kw):
@@ -117,7 +142,8 @@ class RedisStore(CompareAndSetStore):
                 self.encode(record))
             with slot.lock:
                 reply = self._compare_and_set(
-                    slot, key, expected or b'', value, ttl)
+                    slot, key, expected or b'', value, ttl,
+                    self.client.channel)
                 written = reply[0] == 1
                 if written:
                     expected = value or None
@@ -125,8 +151,8 @@ class RedisStore(CompareAndSetStore):
                     expected = reply[1] if len(reply) > 1 else None
                 # Both ways the script read the key last: tracked.
                 slot.keep(key, expected)
-                if written:
-                    slot.sync()
+                if written and reply[1]:
+                    slot.sync()  # Other processes cache.
             if written:
                 self._remember(session_id, expected)
                 return record
@@ -165,9 +191,11 @@ class RedisStore(CompareAndSetStore):
         """Repeating the script after a lost connection is harmless: had
         its first copy run, the second one fails and answers the stored
         record, to which the changes are applied again."""
+        command = ('EVALSHA', COMPARE_AND_SET_SHA, 1, key) + args + (
+            CACHES_KEY,)
         try:
-            return slot.run('EVALSHA', COMPARE_AND_SET_SHA, 1, key, *args)
+            return slot.run(*command)
         except NoScriptError:
             # A new or flushed server: load the script once.
             slot.run('SCRIPT', 'LOAD', COMPARE_AND_SET)
-            return slot.run('EVALSHA', COMPARE_AND_SET_SHA, 1, key, *args)
+            return slot.run(*command)

@@ -158,6 +158,21 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         self.settled()
         self.assertIsNone(self.store.load(self.session_id))
 
+    def test_after_a_flush_the_cache_enters_the_registry_again(self):
+        # FLUSHDB empties the registry of caches too: writers elsewhere
+        # would no longer wait for this cache's notices.  It enters itself
+        # again before it keeps anything.
+        channel = self.store.client.channel.encode()
+        self.assertIn(channel, self.redis.smembers(redisclient.CACHES_KEY))
+        self.store.load(self.session_id)
+        self.redis.flushdb()
+        self.settled()
+        self.assertIsNone(self.store.load(self.session_id))
+        self.assertIn(channel, self.redis.smembers(redisclient.CACHES_KEY))
+        self.store.merge(self.session_id, lambda old: record(n=3))
+        loaded, trips = self.round_trips(self.store.load, self.session_id)
+        self.assertEqual((loaded['n'], trips), (3, 0))
+
     def test_an_expired_key_is_gone(self):
         self.store.load(self.session_id)
         self.redis.pexpire(self.key, 1)
@@ -248,13 +263,19 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         self.store.load(self.session_id)
         slot = self.store.client.slot(self.key)
         lock = slot.lock
+        channel = self.store.client.channel
         redisclient._forget_connections_in_child()
         self.assertIsNone(slot.connection)
         self.assertEqual(slot.cache, {})
         self.assertIsNot(slot.lock, lock)
-        # A new connection (HELLO, CLIENT TRACKING), then the GET.
+        # The child's cache is not the parent's: a channel of its own.
+        self.assertNotEqual(self.store.client.channel, channel)
+        # A new connection (HELLO; SUBSCRIBE and SADD, which enter the
+        # cache in the registry; CLIENT TRACKING), then the GET.
         loaded, trips = self.round_trips(self.store.load, self.session_id)
-        self.assertEqual((loaded['n'], trips), (1, 3))
+        self.assertEqual((loaded['n'], trips), (1, 5))
+        self.assertIn(self.store.client.channel.encode(),
+                      self.redis.smembers(redisclient.CACHES_KEY))
 
     def redis_value(self, **data):
         # A record as Beaker writes it: the pickled encoded string.
@@ -368,7 +389,8 @@ class ReplyTypesTests(RedisFixture, unittest.TestCase):
 
     def test_reply_types(self):
         settings = redisclient.parse_url(self.server.url)
-        connection = redisclient.Connection(settings, lambda keys: None)
+        connection = redisclient.Connection(
+            settings, lambda keys: None, channel='test.1')
         self.addCleanup(connection.close)
         self.assertTrue(connection.tracking)
 
@@ -488,6 +510,50 @@ class PasswordTests(RedisFixture, unittest.TestCase):
         store = self.make_store(url=url)
         with self.assertRaisesRegex(ConnectionError, 'refused'):
             store.load(secrets.token_hex(16))
+
+
+class AccessListTests(RedisFixture, unittest.TestCase):
+    """Users whose access lists refuse the registry of caches or the
+    cache's channel."""
+
+    def user(self, name, **rules):
+        self.redis.acl_setuser(name, enabled=True, passwords=['+sesame'],
+                               commands=['+@all'], **rules)
+        return 'redis://%s:sesame@127.0.0.1:%d/0' % (name, self.server.port)
+
+    def pings(self, call, *args):
+        """The PINGs that ``call(*args)`` sent."""
+        self.redis.config_resetstat()
+        call(*args)
+        return self.redis.info('commandstats').get(
+            'cmdstat_ping', {}).get('calls', 0)
+
+    def test_a_user_who_may_not_subscribe_caches_and_writers_wait(self):
+        # Redis 7 gives new users no channels.  The cache enters the
+        # registry without one: every writer waits for the notices.
+        url = self.user('nochannels', keys=['*'], reset_channels=True)
+        store, session_id = self.stored_session(url)
+        self.assertEqual(self.redis.smembers(redisclient.CACHES_KEY),
+                         {redisclient.UNNAMED_CACHE.encode()})
+        loaded, trips = self.round_trips(store.load, session_id)
+        self.assertEqual((loaded['n'], trips), (1, 0))
+        other = self.make_store(cache_size=0)
+        self.assertEqual(self.pings(other.merge, session_id,
+                                    lambda old: dict(old or {}, n=2)), 1)
+        self.assertEqual(store.load(session_id)['n'], 2)
+
+    def test_a_user_who_may_not_read_the_registry_waits(self):
+        # It cannot tell whether other processes cache: no cache of its
+        # own, and it waits for the notices of its writes.
+        url = self.user('sessionsonly', keys=['beaker_cache:*:session'],
+                        channels=['*'])
+        store, session_id = self.stored_session(url)
+        slot = store.client.slot(redisstore.KEY % session_id)
+        self.assertFalse(slot.connection.tracking)
+        self.assertEqual(self.pings(store.merge, session_id,
+                                    lambda old: dict(old, n=2)), 1)
+        loaded, trips = self.round_trips(store.load, session_id)
+        self.assertEqual((loaded['n'], trips), (2, 1))
 
 
 class SilentServerTests(RedisFixture, unittest.TestCase):

@@ -26,6 +26,7 @@ from Products.BeakerSessionDataManager import testing
 from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.interfaces import SessionValueError
 from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
+from Products.BeakerSessionDataManager.redisclient import CACHES_KEY
 from Products.BeakerSessionDataManager.redisstore import COMPARE_AND_SET
 from Products.BeakerSessionDataManager.redisstore import RedisStore
 from Products.BeakerSessionDataManager.store import BeakerStore
@@ -106,9 +107,13 @@ return 'ok'
 
 
 # What a writing request sends: one EVALSHA, which runs the GET, SET and
-# EXISTS inside Redis, then a PING that returns once Redis has told the
-# other Zope processes' caches (redisclient.Slot.sync).
-WRITE = {'evalsha': 1, 'get': 1, 'set': 1, 'exists': 1, 'ping': 1}
+# EXISTS inside Redis and reads the registry of caches (SMEMBERS), where
+# it finds no other process's (redisclient.CACHES_KEY).
+WRITE = {'evalsha': 1, 'get': 1, 'set': 1, 'exists': 1, 'smembers': 1}
+# With another process's cache there (its channel has a subscriber), a
+# PING follows, which returns once Redis has told that cache
+# (redisclient.Slot.sync).
+WRITE_SEEN_BY_OTHERS = dict(WRITE, **{'pubsub|numsub': 1, 'ping': 1})
 
 
 class RedisRoundTrips(Counting):
@@ -158,22 +163,47 @@ class RedisRoundTrips(Counting):
         self.foreign_store().merge(
             session_id, lambda record: dict(record or {}, count=41))
         self.assertEqual(self.counted(browser, '/read'), (1, {'get': 1}))
-        self.assertEqual(self.counted(browser, '/count'), (2, WRITE))
+        self.assertEqual(self.counted(browser, '/count'), (1, WRITE))
 
-    def test_a_new_session_is_a_compare_and_set_and_a_ping(self):
-        self.assertEqual(self.counted(self.browser(), '/count'), (2, WRITE))
+    def test_a_new_session_is_one_compare_and_set(self):
+        self.assertEqual(self.counted(self.browser(), '/count'), (1, WRITE))
 
-    def test_a_write_is_a_compare_and_set_and_a_ping(self):
+    def test_a_write_is_one_compare_and_set(self):
         # The record read was in the client cache.
         browser = self.browser()
         self.get(browser, '/count')
-        self.assertEqual(self.counted(browser, '/count'), (2, WRITE))
+        self.assertEqual(self.counted(browser, '/count'), (1, WRITE))
+
+    def test_a_write_waits_for_the_caches_of_other_processes(self):
+        browser = self.browser()
+        session_id = self.session_id(browser)
+        other = self.caching_store()
+        other.load(session_id)  # Its connection enters it in the registry.
+        self.assertEqual(self.counted(browser, '/count'),
+                         (2, WRITE_SEEN_BY_OTHERS))
+        self.assertEqual(other.load(session_id)['count'], 2)
+
+    def test_the_cache_of_a_process_gone_is_forgotten(self):
+        browser = self.browser()
+        session_id = self.session_id(browser)
+        other = self.caching_store()
+        other.load(session_id)
+        channel = other.client.channel
+        for slot in other.client.slots:
+            slot._drop()  # Closed, as by a process that ends.
+        while self.client.pubsub_numsub(channel)[0][1]:
+            time.sleep(0.01)  # Until Redis has seen the connection close.
+        self.assertEqual(self.counted(browser, '/count'), (1, dict(
+            WRITE, **{'pubsub|numsub': 1, 'srem': 1})))
+        self.assertEqual(self.client.smembers(CACHES_KEY),
+                         {self.store.client.channel.encode()})
+        self.assertEqual(self.counted(browser, '/count'), (1, WRITE))
 
     def test_reading_after_the_granularity_writes_the_access_time(self):
         browser = self.browser()
         session_id = self.session_id(browser)
         self.age(session_id, self.configuration.write_granularity + 5)
-        self.assertEqual(self.counted(browser, '/read'), (2, WRITE))
+        self.assertEqual(self.counted(browser, '/read'), (1, WRITE))
 
     def test_losing_a_race_costs_one_more_compare_and_set(self):
         # Another writer came between our read and our write: the failed
@@ -185,8 +215,8 @@ class RedisRoundTrips(Counting):
             session_id, lambda record: dict(record or {}, b=2))
         self.reset()
         self.store.merge(session_id, lambda record: dict(record or {}, c=3))
-        self.assertEqual(self.counts(), (3, {
-            'evalsha': 2, 'get': 2, 'set': 1, 'exists': 1, 'ping': 1}))
+        self.assertEqual(self.counts(), (2, {
+            'evalsha': 2, 'get': 2, 'set': 1, 'exists': 1, 'smembers': 1}))
         self.assertEqual(self.store.load(session_id),
                          {'a': 1, 'b': 2, 'c': 3})
 
@@ -195,6 +225,19 @@ class RedisRoundTrips(Counting):
         Zope instance has."""
         return RedisStore(self.store.namespace_class,
                           self.store.namespace_args, client_cache_size=0)
+
+    def caching_store(self):
+        """A store with a client cache of its own, as another Zope
+        instance has."""
+        store = RedisStore(self.store.namespace_class,
+                           self.store.namespace_args, client_cache_size=16)
+        self.addCleanup(self.forget, store)
+        return store
+
+    def forget(self, store):
+        for slot in store.client.slots:
+            slot._drop()
+        self.client.srem(CACHES_KEY, store.client.channel)
 
     def session_id(self, browser):
         self.get(browser, '/count')
