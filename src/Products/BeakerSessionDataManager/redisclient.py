@@ -209,25 +209,29 @@ class Connection:
         self.resp3 = resp3
         if resp3 and self.on_invalidate is not None:
             try:
-                self._enter_cache()
                 self.execute('CLIENT', 'TRACKING', 'on', 'NOLOOP')
             except ReplyError:
-                # A proxy, a server without tracking, or a user whose
-                # access list refuses the registry: no cache.
-                pass
-            else:
-                self.tracking = True
+                return  # A proxy or a server without tracking: no cache.
+            # Before the connection reads anything it may keep.
+            self.tracking = self._enter_cache()
+            if not self.tracking:
+                self.execute('CLIENT', 'TRACKING', 'off')
 
     def _enter_cache(self):
         """Subscribe to the cache's channel, then enter the channel in the
-        registry: in this order, a writer never finds it there without a
-        subscriber, and drops it as gone."""
+        registry (in this order, a writer never finds it there without a
+        subscriber, and drops it as gone); False if the user's access list
+        refuses the registry."""
         try:
             self._subscribe(self.channel)
             entry = self.channel
         except ReplyError:
             entry = UNNAMED_CACHE
-        self.execute('SADD', CACHES_KEY, entry)
+        try:
+            self.execute('SADD', CACHES_KEY, entry)
+        except ReplyError:
+            return False
+        return True
 
     def _subscribe(self, channel):
         self.sock.sendall(pack(('SUBSCRIBE', channel)))
