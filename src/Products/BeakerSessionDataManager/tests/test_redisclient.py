@@ -80,6 +80,13 @@ class RedisFixture:
         store.merge(session_id, lambda old: record(n=1))
         return store, session_id
 
+    def pings(self, call, *args):
+        """The PINGs that ``call(*args)`` sent."""
+        self.redis.config_resetstat()
+        call(*args)
+        return self.redis.info('commandstats').get(
+            'cmdstat_ping', {}).get('calls', 0)
+
     def round_trips(self, call, *args):
         """What ``call(*args)`` answered, and the round trips it made."""
         before = self.redis.info('stats')['total_reads_processed']
@@ -344,6 +351,14 @@ class NoTrackingTests(RedisFixture, unittest.TestCase):
                        pickle.dumps(store.encode(record(n=2))))
         self.assertEqual(store.load(session_id)['n'], 2)
 
+    def test_writers_do_not_wait_for_caches(self):
+        # Nobody can cache: no cache enters the registry, and a write is
+        # the compare-and-set alone.
+        store, session_id = self.stored_session()
+        self.assertEqual(self.redis.smembers(redisclient.CACHES_KEY), set())
+        self.assertEqual(self.pings(store.merge, session_id,
+                                    lambda old: dict(old, n=2)), 0)
+
 
 class RESP2Tests(RedisFixture, unittest.TestCase):
     """A server without HELLO, as Redis before 6: RESP2, no cache."""
@@ -520,13 +535,6 @@ class AccessListTests(RedisFixture, unittest.TestCase):
         self.redis.acl_setuser(name, enabled=True, passwords=['+sesame'],
                                commands=['+@all'], **rules)
         return 'redis://%s:sesame@127.0.0.1:%d/0' % (name, self.server.port)
-
-    def pings(self, call, *args):
-        """The PINGs that ``call(*args)`` sent."""
-        self.redis.config_resetstat()
-        call(*args)
-        return self.redis.info('commandstats').get(
-            'cmdstat_ping', {}).get('calls', 0)
 
     def test_a_user_who_may_not_subscribe_caches_and_writers_wait(self):
         # Redis 7 gives new users no channels.  The cache enters the
