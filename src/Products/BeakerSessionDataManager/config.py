@@ -176,6 +176,9 @@ class SessionConfiguration:
             from .redisstore import RedisStore as store_class
             extra['client_cache_size'] = options.get(
                 'client_cache_size', DEFAULT_CACHE_SIZE)
+        elif self.type == 'ext:rediscluster':
+            # The same records, with the compare-and-set and no lock.
+            from .redisstore import RedisClusterStore as store_class
         elif self.type == 'ext:memcached':
             # Beaker's records, with memcached's compare-and-set.
             from .memcachedstore import MemcachedStore as store_class

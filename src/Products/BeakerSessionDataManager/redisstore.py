@@ -15,6 +15,12 @@ the database, but:
   cache records (the script looks in ``redisclient.CACHES_KEY``), a
   ``PING`` follows the write: their caches have heard of it before the
   browser has.  A delete is always followed by one.
+
+``RedisClusterStore`` (``ext:rediscluster``) keeps the records of Beaker's
+``RedisClusterNamespaceManager`` the same way, through redis-py's cluster
+client, without a client cache: a read is one ``GET``, a write the
+compare-and-set, on the node of the key.  Beaker's lock, which a process
+killed while holding it left in place for 15 minutes, is not used.
 """
 import pickle
 import threading
@@ -33,17 +39,13 @@ from .store import CompareAndSetStore
 
 # RedisNamespaceManager's key of a namespace's RECORD_KEY.
 KEY = 'beaker_cache:%s:' + RECORD_KEY
+# A session id, for a namespace made only for its client.
+ANY_ID = '0' * 32
 # KEYS[1]: the record; ARGV: the expected value ('' for none), the new
-# value ('' to delete), the time to live in seconds ('' for none), the
-# writer's own cache channel, the registry of caches.  The write ends the
-# connection's tracking of the key; reading it again keeps the cached value
-# under Redis's watch.  A write answers {1, 1} if another process caches
-# (a channel of the registry has a subscriber, or the registry has a cache
-# without a channel), or if the registry cannot be read: the writer then
-# waits for the notices.  Channels without a subscriber are of caches gone:
-# dropped.  The registry is no declared key, so that a user whose access
-# list refuses it can still write (and always waits).
-COMPARE_AND_SET = '''\
+# value ('' to delete), the time to live in seconds ('' for none).  The
+# write ends the connection's tracking of the key; reading it again keeps
+# the cached value under Redis's watch.
+WRITE_IF_UNCHANGED = '''\
 local current = redis.call('GET', KEYS[1])
 if (current or '') ~= ARGV[1] then
     return {0, current}
@@ -56,6 +58,15 @@ else
     redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
 redis.call('EXISTS', KEYS[1])
+'''
+# Then, ARGV: the writer's own cache channel, the registry of caches.  A
+# write answers {1, 1} if another process caches (a channel of the
+# registry has a subscriber, or the registry has a cache without a
+# channel), or if the registry cannot be read: the writer then waits for
+# the notices.  Channels without a subscriber are of caches gone: dropped.
+# The registry is no declared key, so that a user whose access list
+# refuses it can still write (and always waits).
+COMPARE_AND_SET = WRITE_IF_UNCHANGED + '''\
 local channels = redis.pcall('SMEMBERS', ARGV[5])
 if channels.err then
     return {1, 1}
@@ -74,6 +85,8 @@ for _, channel in ipairs(channels) do
 end
 return {1, 0}
 ''' % UNNAMED_CACHE
+# A cluster has no client caches to tell, and no registry.
+CLUSTER_COMPARE_AND_SET = WRITE_IF_UNCHANGED + 'return {1}\n'
 COMPARE_AND_SET_SHA = sha1(COMPARE_AND_SET.encode('ascii')).hexdigest()
 # Records a process keeps (session.client_cache_size).
 DEFAULT_CACHE_SIZE = 10000
@@ -91,7 +104,20 @@ def shared_client(url, cache_size):
         return client
 
 
-class RedisStore(CompareAndSetStore):
+class RedisRecords(CompareAndSetStore):
+    """The pickled record strings of Beaker's Redis namespaces."""
+
+    def _record(self, raw):
+        if raw is None:
+            return None
+        try:
+            encoded = pickle.loads(raw)
+        except Exception:
+            return None  # Unreadable: no session, as Beaker's.
+        return self._live_record(encoded)
+
+
+class RedisStore(RedisRecords):
     """Beaker's Redis records: reads from a coherent cache, a write in one
     round trip (two where other processes cache)."""
 
@@ -177,15 +203,6 @@ class RedisStore(CompareAndSetStore):
             raw = slot.cached(key)
         return None if raw is MISSING else raw
 
-    def _record(self, raw):
-        if raw is None:
-            return None
-        try:
-            encoded = pickle.loads(raw)
-        except Exception:
-            return None  # Unreadable: no session, as Beaker's.
-        return self._live_record(encoded)
-
     @staticmethod
     def _compare_and_set(slot, key, *args):
         """Repeating the script after a lost connection is harmless: had
@@ -199,3 +216,62 @@ class RedisStore(CompareAndSetStore):
             # A new or flushed server: load the script once.
             slot.run('SCRIPT', 'LOAD', COMPARE_AND_SET)
             return slot.run(*command)
+
+
+class RedisClusterStore(RedisRecords):
+    """Beaker's Redis Cluster records: a read in one round trip, a write
+    in one, with no lock."""
+
+    def __init__(self, namespace_class, namespace_args, **kw):
+        super().__init__(namespace_class, namespace_args, **kw)
+        self._cluster = None
+        self._cluster_lock = threading.Lock()
+        self._write_if_unchanged = None  # The script, with the client.
+
+    def cluster(self):
+        """redis-py's cluster client, which Beaker's namespace makes from
+        ``session.url`` and shares in the process; made at the first read
+        or write (it asks the nodes for their slots), not at start-up."""
+        if self._cluster is None:
+            with self._cluster_lock:
+                if self._cluster is None:
+                    client = self._namespace(ANY_ID).client
+                    self._write_if_unchanged = client.register_script(
+                        CLUSTER_COMPARE_AND_SET)
+                    self._cluster = client
+        return self._cluster
+
+    # -- ISessionStore --
+
+    def load(self, session_id):
+        """See ISessionStore."""
+        raw = self.cluster().get(KEY % session_id)
+        self._remember(session_id, raw)
+        return self._record(raw)
+
+    def merge(self, session_id, apply):
+        """See ISessionStore: a compare-and-set, retried while other
+        writers come first (redis-py sends the script again to a node that
+        lost it)."""
+        self.cluster()
+        key = KEY % session_id
+        # What this thread read last, in this request's load as a rule;
+        # else a guess that there is none (a new session).
+        expected = self._remembered().pop(session_id, None)
+        ttl = int(self.ttl) if self.ttl else ''
+        for _ in range(MAX_ATTEMPTS):
+            record = apply(self._record(expected))
+            value = b'' if record is None else pickle.dumps(
+                self.encode(record))
+            reply = self._write_if_unchanged(
+                keys=[key], args=[expected or b'', value, ttl])
+            if reply[0] == 1:
+                self._remember(session_id, value or None)
+                return record
+            expected = reply[1] if len(reply) > 1 else None
+        raise self._too_many_writers(session_id)
+
+    def delete(self, session_id):
+        """See ISessionStore."""
+        self._remembered().pop(session_id, None)
+        self.cluster().delete(KEY % session_id)

@@ -14,12 +14,14 @@ these are counts.
 import functools
 import secrets
 import socket
+import threading
 import time
 
 import redis
 import webtest
 from beaker.middleware import SessionMiddleware
 from beaker.session import Session
+from redis.cluster import RedisCluster
 
 from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager import testing
@@ -27,6 +29,8 @@ from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.interfaces import SessionValueError
 from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
 from Products.BeakerSessionDataManager.redisclient import CACHES_KEY
+from Products.BeakerSessionDataManager.redisstore import \
+    CLUSTER_COMPARE_AND_SET
 from Products.BeakerSessionDataManager.redisstore import COMPARE_AND_SET
 from Products.BeakerSessionDataManager.redisstore import RedisStore
 from Products.BeakerSessionDataManager.store import BeakerStore
@@ -68,9 +72,20 @@ def counted_postgresql():
         stores.drop_table, url, table_name, counter.close)
 
 
+def shared_redis_cluster():
+    """Settings of a Redis Cluster store on the suite's cluster, which
+    nobody else uses while a test runs."""
+    settings = {'session.type': 'ext:rediscluster',
+                'session.url': servers.shared_redis_cluster().urls,
+                'session.secret': SECRET}
+    return settings, lambda: None
+
+
 COUNTERS = {}
 REDIS_TESTING = testing.store_functional_testing(
     'RoundTripsRedis', dedicated_redis)
+REDIS_CLUSTER_TESTING = testing.store_functional_testing(
+    'RoundTripsRedisCluster', shared_redis_cluster)
 POSTGRESQL_TESTING = testing.store_functional_testing(
     'RoundTripsPostgreSQL', counted_postgresql)
 MEMCACHED_TESTING = testing.store_functional_testing(
@@ -245,15 +260,15 @@ class RedisRoundTrips(Counting):
             browser.cookies[self.configuration.cookie.name])
 
 
-class RedisInterplay(Counting):
-    """RedisStore keeps Beaker's keys and records: Beaker's sessions, its
-    namespace manager (BeakerStore) and its middleware share them."""
-
-    layer = REDIS_TESTING
+class Interplay:
+    """The store keeps Beaker's keys and records: Beaker's sessions, its
+    namespace manager (BeakerStore) and its middleware share them.  (A
+    mixin: a subclass of a test class with a layer would set both layers
+    up.)"""
 
     def beaker_options(self):
-        return {'type': 'ext:redis', 'url': self.store.url,
-                'secret': SECRET, 'timeout': self.configuration.timeout}
+        """Beaker's options for the store's records."""
+        raise NotImplementedError
 
     def test_beaker_reads_our_records_and_we_read_beakers(self):
         session_id = secrets.token_hex(16)
@@ -296,6 +311,106 @@ return session.getContainerKey()
         session_id = self.get(browser, '/continue')
         self.assertEqual(beaker.cookies[name][40:], session_id)
         self.assertEqual(beaker.get('/').text, '2')
+
+
+class RedisClusterRoundTrips(Counting):
+    """redis-py's cluster client sends each command to the node of its
+    key: a read is one ``GET``, a write the compare-and-set script.
+    Beaker's lock is not taken."""
+
+    layer = REDIS_CLUSTER_TESTING
+
+    def setUp(self):
+        super().setUp()
+        self.nodes = [node.client()
+                      for node in servers.shared_redis_cluster().nodes]
+        for node in self.nodes:
+            self.addCleanup(node.close)
+
+    def reset(self):
+        # The cluster client connected to every node and the script on
+        # each, as in a Zope that has served a while.
+        self.store.cluster().ping(target_nodes=RedisCluster.PRIMARIES)
+        for node in self.nodes:
+            node.script_load(CLUSTER_COMPARE_AND_SET)
+            node.config_resetstat()
+
+    def counts(self):
+        """(round trips, {command: calls}) since the reset, over all
+        nodes."""
+        trips, commands = 0, {}
+        for node in self.nodes:
+            for name, value in node.info('commandstats').items():
+                name = name[len('cmdstat_'):]
+                commands[name] = commands.get(name, 0) + value['calls']
+            # Less the node's two INFO.
+            trips += node.info('stats')['total_reads_processed'] - 2
+        commands.pop('config|resetstat', None)
+        commands.pop('info', None)
+        return trips, commands
+
+    def test_untouched_page_costs_nothing(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.assertEqual(self.counted(browser, '/untouched'), (0, {}))
+
+    def test_a_read_is_one_get(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.get(browser, '/cart')
+        self.assertEqual(self.counted(browser, '/read'), (1, {'get': 1}))
+
+    def test_a_write_is_a_get_and_one_compare_and_set(self):
+        browser = self.browser()
+        self.get(browser, '/count')
+        self.assertEqual(self.counted(browser, '/count'), (2, {
+            'get': 2, 'evalsha': 1, 'set': 1, 'exists': 1}))
+
+    def test_a_new_session_is_one_compare_and_set(self):
+        self.assertEqual(self.counted(self.browser(), '/count'), (1, {
+            'evalsha': 1, 'get': 1, 'set': 1, 'exists': 1}))
+
+    def test_a_lock_left_behind_holds_no_write_up(self):
+        # Beaker's lock of a process killed while it held it stayed for
+        # 15 minutes, and every write of the session waited for it.
+        browser = self.browser()
+        self.get(browser, '/count')
+        session_id = self.configuration.cookie.verify(
+            browser.cookies[self.configuration.cookie.name])
+        cluster = RedisCluster.from_url(self.store.namespace_args['urls']
+                                        .split(',')[0])
+        self.addCleanup(cluster.close)
+        lock = 'beaker_lock:beaker_cache:%s:session' % session_id
+        cluster.set(lock, b'a-process-gone', ex=900)
+        self.addCleanup(cluster.delete, lock)
+        written = []
+        writer = threading.Thread(
+            target=lambda: written.append(self.get(browser, '/count')),
+            daemon=True)
+        writer.start()
+        writer.join(30)
+        self.assertEqual(written, ['2'])
+
+
+class RedisInterplay(Interplay, Counting):
+    """RedisStore and Beaker's RedisNamespaceManager."""
+
+    layer = REDIS_TESTING
+
+    def beaker_options(self):
+        return {'type': 'ext:redis', 'url': self.store.url,
+                'secret': SECRET, 'timeout': self.configuration.timeout}
+
+
+class RedisClusterInterplay(Interplay, Counting):
+    """RedisClusterStore and Beaker's RedisClusterNamespaceManager."""
+
+    layer = REDIS_CLUSTER_TESTING
+
+    def beaker_options(self):
+        return {'type': 'ext:rediscluster',
+                'urls': self.store.namespace_args['urls'],
+                'secret': SECRET, 'timeout': self.configuration.timeout}
 
 
 class MemcachedRoundTrips(Counting):
