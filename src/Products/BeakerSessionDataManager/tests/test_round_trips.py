@@ -92,6 +92,21 @@ MEMCACHED_TESTING = testing.store_functional_testing(
     'RoundTripsMemcached', dedicated_memcached)
 
 
+def redis_counts(clients):
+    """(round trips, {command: calls}) of the servers of ``clients``
+    (redis-py's) since their ``CONFIG RESETSTAT``, without our own two
+    ``INFO`` on each (the reset counts itself, not its read)."""
+    trips, commands = 0, {}
+    for client in clients:
+        for name, value in client.info('commandstats').items():
+            name = name[len('cmdstat_'):]
+            commands[name] = commands.get(name, 0) + value['calls']
+        trips += client.info('stats')['total_reads_processed'] - 2
+    commands.pop('config|resetstat', None)
+    commands.pop('info', None)
+    return trips, commands
+
+
 class Counting(PublishingTestCase):
     """A counter, a reader and a page that ignores the session."""
 
@@ -150,15 +165,7 @@ class RedisRoundTrips(Counting):
         self.client.config_resetstat()
 
     def counts(self):
-        """(round trips, {command: calls}) since the reset."""
-        commands = {name[len('cmdstat_'):]: value['calls']
-                    for name, value in self.client.info(
-                        'commandstats').items()}
-        reads = self.client.info('stats')['total_reads_processed']
-        # Ours: the two INFO (the reset counts itself, not its read).
-        commands.pop('config|resetstat', None)
-        commands.pop('info', None)
-        return reads - 2, commands
+        return redis_counts([self.client])
 
     def test_untouched_page_costs_nothing(self):
         browser = self.browser()
@@ -336,18 +343,7 @@ class RedisClusterRoundTrips(Counting):
             node.config_resetstat()
 
     def counts(self):
-        """(round trips, {command: calls}) since the reset, over all
-        nodes."""
-        trips, commands = 0, {}
-        for node in self.nodes:
-            for name, value in node.info('commandstats').items():
-                name = name[len('cmdstat_'):]
-                commands[name] = commands.get(name, 0) + value['calls']
-            # Less the node's two INFO.
-            trips += node.info('stats')['total_reads_processed'] - 2
-        commands.pop('config|resetstat', None)
-        commands.pop('info', None)
-        return trips, commands
+        return redis_counts(self.nodes)
 
     def test_untouched_page_costs_nothing(self):
         browser = self.browser()
