@@ -65,7 +65,8 @@ def count(zope, cookie=None):
 
 
 @pytest.mark.parametrize(
-    'store', ['file', 'redis', 'memcached', 'postgresql'], indirect=True)
+    'store', ['file', 'redis', 'rediscluster', 'memcached', 'postgresql'],
+    indirect=True)
 def test_two_instances_share_sessions_that_survive_restarts(store):
     with ZopeInstance(store) as first, ZopeInstance(store) as second:
         started(first, second)
