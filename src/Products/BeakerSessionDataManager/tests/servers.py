@@ -172,10 +172,15 @@ class RedisServer(Server):
 
 
 class RedisCluster:
-    """Three redis-server nodes joined into a cluster with redis-cli."""
+    """Three redis-server nodes joined into a cluster with redis-cli.
+
+    ``kill()`` kills every node (an outage); ``start()`` starts them again
+    on their ports, with the cluster's configuration they keep on disk.
+    """
 
     def __init__(self, size=3):
         require_binary('redis-cli')
+        self.created = False
         self.nodes = []
         for _ in range(size):
             # A node's cluster bus listens on its port + 10000.
@@ -190,17 +195,28 @@ class RedisCluster:
         return ','.join('redis://127.0.0.1:%s' % node.port
                         for node in self.nodes)
 
+    @property
+    def port(self):
+        """The port of the first node, where clients start."""
+        return self.nodes[0].port
+
     def start(self):
         for node in self.nodes:
             node.start()
-        addresses = ['127.0.0.1:%s' % node.port for node in self.nodes]
-        subprocess.run(
-            ['redis-cli', '--cluster', 'create'] + addresses
-            + ['--cluster-replicas', '0', '--cluster-yes'],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=60)
+        if not self.created:
+            addresses = ['127.0.0.1:%s' % node.port for node in self.nodes]
+            subprocess.run(
+                ['redis-cli', '--cluster', 'create'] + addresses
+                + ['--cluster-replicas', '0', '--cluster-yes'],
+                check=True, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, timeout=60)
+            self.created = True
         wait_until(self._ready, what='the redis cluster')
         return self
+
+    def kill(self):
+        for node in self.nodes:
+            node.kill()
 
     def _ready(self):
         for node in self.nodes:

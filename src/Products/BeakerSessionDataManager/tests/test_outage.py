@@ -171,6 +171,16 @@ def test_redis_outage(secret):
             run_outage(zope, redis, recovery_timeout=20, keeps_data=True)
 
 
+def test_redis_cluster_outage(secret):
+    # Every node killed and started again: the cluster comes back with its
+    # slots, without the records.
+    with servers.RedisCluster() as cluster:
+        with ZopeInstance({'session.type': 'ext:rediscluster',
+                           'session.url': cluster.urls,
+                           'session.secret': secret}) as zope:
+            run_outage(zope, cluster, recovery_timeout=30, keeps_data=False)
+
+
 def test_memcached_outage(secret):
     # A restarted memcached has forgotten everything: the browsers get new
     # sessions.  python-memcached tries a failed server again only after
