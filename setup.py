@@ -92,9 +92,10 @@ setup(
     ],
     extras_require={
         'test': TESTS_REQUIRE,
-        # The client library of each store (README, "Stores"); redis.cluster
-        # came with redis-py 4.1.
-        'redis': ['redis >= 4.1'],
+        # The client library of each store (README, "Stores"); redis-py 6
+        # is the first whose cluster client takes its number of tries from
+        # ``retry`` (RedisClusterStore sets it).
+        'redis': ['redis >= 6'],
         # Pure Python; Beaker's ``memcache_module = memcache``.
         'memcached': ['python-memcached'],
         'sqlalchemy': ['SQLAlchemy >= 2.0'],

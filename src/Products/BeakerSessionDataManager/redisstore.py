@@ -28,6 +28,8 @@ from hashlib import sha1
 
 from .interfaces import ConfigurationError
 from .redisclient import CACHES_KEY
+from .redisclient import DEFAULT_CONNECT_TIMEOUT
+from .redisclient import DEFAULT_SOCKET_TIMEOUT
 from .redisclient import MISSING
 from .redisclient import UNNAMED_CACHE
 from .redisclient import Client
@@ -39,8 +41,6 @@ from .store import CompareAndSetStore
 
 # RedisNamespaceManager's key of a namespace's RECORD_KEY.
 KEY = 'beaker_cache:%s:' + RECORD_KEY
-# A session id, for a namespace made only for its client.
-ANY_ID = '0' * 32
 # KEYS[1]: the record; ARGV: the expected value ('' for none), the new
 # value ('' to delete), the time to live in seconds ('' for none).  The
 # write ends the connection's tracking of the key; reading it again keeps
@@ -218,6 +218,32 @@ class RedisStore(RedisRecords):
             return slot.run(*command)
 
 
+def cluster_client(namespace_args):
+    """redis-py's cluster client of ``session.url``: its nodes, the first
+    URL's credentials and parameters, the other options as Beaker passes
+    them, and where none says otherwise the timeouts of ``ext:redis``.  A
+    command is sent once more after a lost connection or a timeout, on
+    the cluster's slots asked again: a node that stopped answering holds a
+    request up for twice ``socket_timeout`` (redis-py's own defaults held
+    it for two minutes)."""
+    from redis.backoff import NoBackoff
+    from redis.cluster import ClusterNode
+    from redis.cluster import RedisCluster
+    from redis.connection import parse_url
+    from redis.retry import Retry
+    first, *others = [url.strip() for url in namespace_args['urls'].split(',')]
+    options = {'socket_timeout': DEFAULT_SOCKET_TIMEOUT,
+               'socket_connect_timeout': DEFAULT_CONNECT_TIMEOUT,
+               'retry': Retry(NoBackoff(), 1)}
+    options.update((name, value) for name, value in namespace_args.items()
+                   if name not in ('urls', 'timeout'))
+    nodes = []
+    for url in others:
+        parsed = parse_url(url)
+        nodes.append(ClusterNode(parsed['host'], parsed.get('port', 6379)))
+    return RedisCluster(url=first, startup_nodes=nodes, **options)
+
+
 class RedisClusterStore(RedisRecords):
     """Beaker's Redis Cluster records: a read in one round trip, a write
     in one, with no lock."""
@@ -229,13 +255,12 @@ class RedisClusterStore(RedisRecords):
         self._write_if_unchanged = None  # The script, with the client.
 
     def cluster(self):
-        """redis-py's cluster client, which Beaker's namespace makes from
-        ``session.url`` and shares in the process; made at the first read
-        or write (it asks the nodes for their slots), not at start-up."""
+        """redis-py's cluster client, made at the first read or write (it
+        asks the nodes for their slots), not at start-up."""
         if self._cluster is None:
             with self._cluster_lock:
                 if self._cluster is None:
-                    client = self._namespace(ANY_ID).client
+                    client = cluster_client(self.namespace_args)
                     self._write_if_unchanged = client.register_script(
                         CLUSTER_COMPARE_AND_SET)
                     self._cluster = client

@@ -7,14 +7,20 @@ must keep working, pages that do get a short 503, the log gets one error
 line instead of one per request, no transaction commits the ZODB without
 its session write, and the site recovers without a restart.
 """
+import os
 import re
+import secrets
+import signal
 import threading
 import time
 import unittest
 
 import pytest
+import redis
 
+from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.outages import OutageLog
+from Products.BeakerSessionDataManager.redisstore import KEY
 from Products.BeakerSessionDataManager.tests import instance
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests.instance import \
@@ -179,6 +185,31 @@ def test_redis_cluster_outage(secret):
                            'session.url': cluster.urls,
                            'session.secret': secret}) as zope:
             run_outage(zope, cluster, recovery_timeout=30, keeps_data=False)
+
+
+def test_a_redis_cluster_node_that_stops_answering_times_out(secret):
+    # A stopped process keeps its connections open and never answers: the
+    # socket_timeout of the first URL, and one more try, end the wait.
+    with servers.RedisCluster() as cluster:
+        urls = cluster.urls.split(',')
+        urls[0] += '?socket_timeout=0.5'
+        store = SessionConfiguration({
+            'session.type': 'ext:rediscluster', 'session.url': ','.join(urls),
+            'session.secret': secret}).store
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda record: {'n': 1})
+        node = store.cluster().get_node_from_key(KEY % session_id)
+        server, = [server for server in cluster.nodes
+                   if server.port == node.port]
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(redis.exceptions.TimeoutError):
+                store.load(session_id)
+            # Not the 10 seconds of the default, nor redis-py's 11 tries.
+            assert time.monotonic() - started < 4
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
 
 
 def test_memcached_outage(secret):
