@@ -53,6 +53,9 @@ def store_settings(store):
     if store == 'redis':
         return {'session.type': 'ext:redis',
                 'session.url': servers.shared_redis().url}
+    if store == 'rediscluster':
+        return {'session.type': 'ext:rediscluster',
+                'session.url': servers.shared_redis_cluster().urls}
     return {'session.type': 'ext:memcached',
             'session.url': servers.memcached_url(servers.shared_memcached())}
 
@@ -90,7 +93,8 @@ def hammer(zope, cookie):
     return acknowledged, failures
 
 
-@pytest.mark.parametrize('store', ['file', 'redis', 'memcached'])
+@pytest.mark.parametrize(
+    'store', ['file', 'redis', 'rediscluster', 'memcached'])
 def test_concurrent_writes_on_one_cookie_are_all_kept(store):
     settings = dict(store_settings(store))
     settings['session.secret'] = instance.new_secret()

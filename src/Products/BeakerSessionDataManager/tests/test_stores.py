@@ -412,6 +412,13 @@ class UnreachableStoreTests(StoreErrorTestCase):
             'session.type': 'ext:redis',
             'session.url': 'redis://127.0.0.1:%d/0' % servers.free_port()})
 
+    def test_redis_cluster_on_closed_ports(self):
+        self.assertUnreachable({
+            'session.type': 'ext:rediscluster',
+            'session.url': ','.join(
+                'redis://127.0.0.1:%d' % servers.free_port()
+                for _ in range(2))})
+
     def test_memcached_on_a_closed_port(self):
         self.assertUnreachable({
             'session.type': 'ext:memcached',
