@@ -93,24 +93,33 @@ def count_sessions(configuration):
         namespaces = MemoryNamespaceManager.namespaces.dict
         return sum(1 for name, data in list(namespaces.items())
                    if SESSION_ID(name) and RECORD_KEY in data)
+    store = configuration.store
     if configuration.type == 'ext:redis':
-        return count_redis_keys(configuration.store)
+        return count_redis_keys([store._namespace('0' * 32).client])
+    if configuration.type == 'ext:rediscluster':
+        # Each primary holds its share of the keys.
+        cluster = store.cluster()
+        return count_redis_keys([cluster.get_redis_connection(node)
+                                 for node in cluster.get_primaries()])
     return None
 
 
-def count_redis_keys(store):
-    """SCAN for Beaker's session keys, within REDIS_COUNT_SECONDS."""
-    client = store._namespace('0' * 32).client
+def count_redis_keys(clients):
+    """SCAN the servers of ``clients`` (redis-py's) for Beaker's session
+    keys, within REDIS_COUNT_SECONDS in all."""
     deadline = time.monotonic() + REDIS_COUNT_SECONDS
-    cursor, count = 0, 0
-    while True:
-        cursor, keys = client.scan(
-            cursor, match='beaker_cache:*:%s' % RECORD_KEY, count=1000)
-        count += len(keys)
-        if not cursor:
-            return count
-        if time.monotonic() > deadline:
-            return None
+    count = 0
+    for client in clients:
+        cursor = 0
+        while True:
+            cursor, keys = client.scan(
+                cursor, match='beaker_cache:*:%s' % RECORD_KEY, count=1000)
+            count += len(keys)
+            if not cursor:
+                break
+            if time.monotonic() > deadline:
+                return None
+    return count
 
 
 def last_cleanup(configuration):

@@ -157,6 +157,17 @@ def test_check_network_stores(call):
     assert 'OK: ext:redis session store at %s (session.url), round trip' \
         % redis_server.url in result.stdout
     assert ', 3 stored sessions' in result.stdout
+    # A cluster of its own: its primaries share the keys.
+    with servers.RedisCluster() as cluster:
+        configuration = config.SessionConfiguration({
+            'session.type': 'ext:rediscluster', 'session.url': cluster.urls,
+            'session.secret': SECRET})
+        write(configuration, new_ids(12), time.time())
+        result = call('check', '-o', 'type=ext:rediscluster', '-o',
+                      'url=' + cluster.urls, '-o', 'secret=' + SECRET)
+    assert result.returncode == 0, result.stderr
+    assert 'OK: ext:rediscluster session store' in result.stdout
+    assert ', 12 stored sessions' in result.stdout
     memcached = servers.memcached_url(servers.shared_memcached())
     result = call('check', '-o', 'type=ext:memcached', '-o',
                   'url=' + memcached, '-o', 'secret=' + SECRET)
