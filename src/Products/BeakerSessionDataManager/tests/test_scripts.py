@@ -143,37 +143,35 @@ def test_check_sql(call, tmp_path, instance):
     assert 'OK: ext:database session store at sqlite:///' in result.stdout
 
 
-def test_check_network_stores(call):
-    # A server of its own, which holds only this test's sessions.
-    with servers.RedisServer() as redis_server:
-        configuration = config.SessionConfiguration({
-            'session.type': 'ext:redis', 'session.url': redis_server.url,
-            'session.secret': SECRET})
-        write(configuration, new_ids(3), time.time())
-        result = call('check', '-o', 'type=ext:redis', '-o',
-                      'url=' + redis_server.url, '-o', 'secret=' + SECRET)
+def checked(call, store_type, url, sessions):
+    """The output of ``beaker-sessions check`` of a store, after writing
+    ``sessions`` new sessions to it."""
+    configuration = config.SessionConfiguration({
+        'session.type': store_type, 'session.url': url,
+        'session.secret': SECRET})
+    write(configuration, new_ids(sessions), time.time())
+    result = call('check', '-o', 'type=' + store_type, '-o', 'url=' + url,
+                  '-o', 'secret=' + SECRET)
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_check_network_stores(call):
+    with servers.RedisServer() as redis_server:
+        output = checked(call, 'ext:redis', redis_server.url, 3)
     # Counted with SCAN; the probe left nothing behind.
     assert 'OK: ext:redis session store at %s (session.url), round trip' \
-        % redis_server.url in result.stdout
-    assert ', 3 stored sessions' in result.stdout
-    # A cluster of its own: its primaries share the keys.
+        % redis_server.url in output
+    assert ', 3 stored sessions' in output
+    # The primaries of a cluster share the keys.
     with servers.RedisCluster() as cluster:
-        configuration = config.SessionConfiguration({
-            'session.type': 'ext:rediscluster', 'session.url': cluster.urls,
-            'session.secret': SECRET})
-        write(configuration, new_ids(12), time.time())
-        result = call('check', '-o', 'type=ext:rediscluster', '-o',
-                      'url=' + cluster.urls, '-o', 'secret=' + SECRET)
-    assert result.returncode == 0, result.stderr
-    assert 'OK: ext:rediscluster session store' in result.stdout
-    assert ', 12 stored sessions' in result.stdout
-    memcached = servers.memcached_url(servers.shared_memcached())
-    result = call('check', '-o', 'type=ext:memcached', '-o',
-                  'url=' + memcached, '-o', 'secret=' + SECRET)
-    assert result.returncode == 0, result.stderr
-    assert 'OK: ext:memcached session store' in result.stdout
-    assert 'stored sessions' not in result.stdout  # memcached cannot count
+        output = checked(call, 'ext:rediscluster', cluster.urls, 12)
+    assert 'OK: ext:rediscluster session store' in output
+    assert ', 12 stored sessions' in output
+    output = checked(call, 'ext:memcached',
+                     servers.memcached_url(servers.shared_memcached()), 1)
+    assert 'OK: ext:memcached session store' in output
+    assert 'stored sessions' not in output  # memcached cannot count
 
 
 def test_check_cookie(call, instance):
