@@ -64,27 +64,37 @@ redis.call('EXISTS', KEYS[1])
 # registry has a subscriber, or the registry has a cache without a
 # channel), or if the registry cannot be read: the writer then waits for
 # the notices.  Channels without a subscriber are of caches gone: dropped.
-# The registry is no declared key, so that a user whose access list
-# refuses it can still write (and always waits).
+# The search stops at the first cache of another process; one channel
+# drawn at random is then looked at too, so that those of caches gone
+# after it do not pile up.  The registry is no declared key, so that a
+# user whose access list refuses it can still write (and always waits).
 COMPARE_AND_SET = WRITE_IF_UNCHANGED + '''\
+local function gone(channel)
+    local counts = redis.pcall('PUBSUB', 'NUMSUB', channel)
+    if counts.err or counts[2] > 0 then
+        return false
+    end
+    redis.pcall('SREM', ARGV[5], channel)
+    return true
+end
 local channels = redis.pcall('SMEMBERS', ARGV[5])
 if channels.err then
     return {1, 1}
 end
 for _, channel in ipairs(channels) do
-    if channel == '%s' then
+    if channel == '%(unnamed)s' then
         return {1, 1}
     end
-    if channel ~= ARGV[4] then
-        local counts = redis.pcall('PUBSUB', 'NUMSUB', channel)
-        if counts.err or counts[2] > 0 then
-            return {1, 1}
+    if channel ~= ARGV[4] and not gone(channel) then
+        local drawn = redis.pcall('SRANDMEMBER', ARGV[5])
+        if type(drawn) == 'string' and drawn ~= '%(unnamed)s' then
+            gone(drawn)
         end
-        redis.pcall('SREM', ARGV[5], channel)
+        return {1, 1}
     end
 end
 return {1, 0}
-''' % UNNAMED_CACHE
+''' % {'unnamed': UNNAMED_CACHE}
 # A cluster has no client caches to tell, and no registry.
 CLUSTER_COMPARE_AND_SET = WRITE_IF_UNCHANGED + 'return {1}\n'
 COMPARE_AND_SET_SHA = sha1(COMPARE_AND_SET.encode('ascii')).hexdigest()

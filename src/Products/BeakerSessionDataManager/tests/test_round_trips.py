@@ -140,10 +140,12 @@ return 'ok'
 # EXISTS inside Redis and reads the registry of caches (SMEMBERS), where
 # it finds no other process's (redisclient.CACHES_KEY).
 WRITE = {'evalsha': 1, 'get': 1, 'set': 1, 'exists': 1, 'smembers': 1}
-# With another process's cache there (its channel has a subscriber), a
-# PING follows, which returns once Redis has told that cache
+# With another process's cache there (its channel has a subscriber), the
+# script also draws a channel at random and looks at it, and a PING
+# follows, which returns once Redis has told that cache
 # (redisclient.Slot.sync).
-WRITE_SEEN_BY_OTHERS = dict(WRITE, **{'pubsub|numsub': 1, 'ping': 1})
+WRITE_SEEN_BY_OTHERS = dict(
+    WRITE, **{'pubsub|numsub': 2, 'srandmember': 1, 'ping': 1})
 
 
 class RedisRoundTrips(Counting):
@@ -220,6 +222,22 @@ class RedisRoundTrips(Counting):
         self.assertEqual(self.client.smembers(CACHES_KEY),
                          {self.store.client.channel.encode()})
         self.assertEqual(self.counted(browser, '/count'), (1, WRITE))
+
+    def test_caches_gone_do_not_pile_up_behind_a_live_one(self):
+        # The search stops at the first cache of another process, which
+        # most of the 50 gone come after; the channel drawn at random on
+        # each write finds them.
+        other = self.caching_store()
+        other.load(secrets.token_hex(16))  # It enters the registry.
+        self.client.sadd(CACHES_KEY, *[
+            'beaker_cache:client_cache:gone.%d' % number
+            for number in range(50)])
+        session_id = secrets.token_hex(16)
+        for count in range(1000):
+            self.store.merge(session_id, lambda record: {'count': count})
+        self.assertEqual(self.client.smembers(CACHES_KEY), {
+            self.store.client.channel.encode(),
+            other.client.channel.encode()})
 
     def test_reading_after_the_granularity_writes_the_access_time(self):
         browser = self.browser()
