@@ -126,6 +126,30 @@ class RedisRecords(CompareAndSetStore):
             return None  # Unreadable: no session, as Beaker's.
         return self._live_record(encoded)
 
+    def _merge(self, session_id, apply, expected, write):
+        """Apply the changes to ``expected``, the stored value as this
+        thread last read it, and store them with ``write(expected, value,
+        ttl)``, a compare-and-set answering (written, the stored value
+        now); while other writers come first, again on theirs."""
+        ttl = int(self.ttl) if self.ttl else ''
+        for _ in range(MAX_ATTEMPTS):
+            record = apply(self._record(expected))
+            value = b'' if record is None else pickle.dumps(
+                self.encode(record))
+            written, expected = write(expected or b'', value, ttl)
+            if written:
+                self._remember(session_id, expected)
+                return record
+        raise self._too_many_writers(session_id)
+
+    @staticmethod
+    def _outcome(reply, value):
+        """(written, the stored value now) from the script's reply to a
+        write of ``value``."""
+        if reply[0] == 1:
+            return True, value or None
+        return False, reply[1] if len(reply) > 1 else None
+
 
 class RedisStore(RedisRecords):
     """Beaker's Redis records: reads from a coherent cache, a write in one
@@ -170,29 +194,20 @@ class RedisStore(RedisRecords):
             # The cache's, or a guess that there is none (a new session):
             # a wrong guess costs one more compare-and-set, as a GET would.
             expected = self._cached(key)
-        ttl = int(self.ttl) if self.ttl else ''
         slot = self.client.slot(key)
-        for _ in range(MAX_ATTEMPTS):
-            record = apply(self._record(expected))
-            value = b'' if record is None else pickle.dumps(
-                self.encode(record))
+
+        def write(expected, value, ttl):
             with slot.lock:
                 reply = self._compare_and_set(
-                    slot, key, expected or b'', value, ttl,
-                    self.client.channel)
-                written = reply[0] == 1
-                if written:
-                    expected = value or None
-                else:
-                    expected = reply[1] if len(reply) > 1 else None
+                    slot, key, expected, value, ttl, self.client.channel)
+                written, stored = self._outcome(reply, value)
                 # Both ways the script read the key last: tracked.
-                slot.keep(key, expected)
+                slot.keep(key, stored)
                 if written and reply[1]:
                     slot.sync()  # Other processes cache.
-            if written:
-                self._remember(session_id, expected)
-                return record
-        raise self._too_many_writers(session_id)
+            return written, stored
+
+        return self._merge(session_id, apply, expected, write)
 
     def delete(self, session_id):
         """See ISessionStore."""
@@ -290,21 +305,15 @@ class RedisClusterStore(RedisRecords):
         lost it)."""
         self.cluster()
         key = KEY % session_id
+
+        def write(expected, value, ttl):
+            return self._outcome(self._write_if_unchanged(
+                keys=[key], args=[expected, value, ttl]), value)
+
         # What this thread read last, in this request's load as a rule;
         # else a guess that there is none (a new session).
-        expected = self._remembered().pop(session_id, None)
-        ttl = int(self.ttl) if self.ttl else ''
-        for _ in range(MAX_ATTEMPTS):
-            record = apply(self._record(expected))
-            value = b'' if record is None else pickle.dumps(
-                self.encode(record))
-            reply = self._write_if_unchanged(
-                keys=[key], args=[expected or b'', value, ttl])
-            if reply[0] == 1:
-                self._remember(session_id, value or None)
-                return record
-            expected = reply[1] if len(reply) > 1 else None
-        raise self._too_many_writers(session_id)
+        return self._merge(session_id, apply,
+                           self._remembered().pop(session_id, None), write)
 
     def delete(self, session_id):
         """See ISessionStore."""
