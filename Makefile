@@ -15,7 +15,8 @@ PYTEST_ARGS ?=
 # The Plone run has its own: ``-k redis`` would deselect all its tests.
 PLONE_PYTEST_ARGS ?=
 
-EXTRAS := test,redis,memcached,sqlalchemy,postgresql,crypto
+STORES := redis,memcached,sqlalchemy,postgresql,crypto
+EXTRAS := test,$(STORES)
 ZOPE6 := 'Zope[wsgi] >= 6.0, < 7'
 # ZODB 6.3 adds a setting that Zope 5's zope.conf schema rejects.
 ZOPE5 := 'Zope[wsgi] >= 5.8, < 6' 'ZODB < 6.3'
@@ -25,6 +26,7 @@ VENV := .venv
 VENV5 := .venv-zope5
 VENVPLONE := .venv-plone
 VENVBENCH := .venv-bench
+VENVDEMO := .venv-demo
 BENCH_ARGS ?=
 PLONE := Products.CMFPlone plone.app.testing
 PLONE_TESTS := src/Products/BeakerSessionDataManager/tests/plone
@@ -57,27 +59,36 @@ $(VENVPLONE)/.installed: setup.py pyproject.toml constraints-plone.txt
 	    $(PLONE)
 	touch $@
 
-# The benchmark's own: Zope 6 with Products.mcdutils and the load generator.
+# The benchmark's own: Zope 6 with the stores, Products.mcdutils and the
+# load generator, without the test extra (whose collective.beaker the
+# product warns about at start-up).
 $(VENVBENCH)/.installed: setup.py pyproject.toml
 	test -x $(VENVBENCH)/bin/python || $(PYTHON) -m venv $(VENVBENCH)
 	$(VENVBENCH)/$(PIP_INSTALL) --upgrade pip
-	$(VENVBENCH)/$(PIP_INSTALL) -e '.[$(EXTRAS),bench]' $(ZOPE6)
+	$(VENVBENCH)/$(PIP_INSTALL) -e '.[$(STORES),bench]' $(ZOPE6)
+	touch $@
+
+# The demo's own: Zope 6 and the product, as a site would install them.
+$(VENVDEMO)/.installed: setup.py pyproject.toml
+	test -x $(VENVDEMO)/bin/python || $(PYTHON) -m venv $(VENVDEMO)
+	$(VENVDEMO)/$(PIP_INSTALL) --upgrade pip
+	$(VENVDEMO)/$(PIP_INSTALL) -e . Products.PythonScripts $(ZOPE6)
 	touch $@
 
 # --- demo instance --------------------------------------------------------
 
-$(INSTANCE)/etc/zope.conf: | $(VENV)/.installed
-	$(VENV)/bin/mkwsgiinstance -d $(INSTANCE) -u admin:admin
+$(INSTANCE)/etc/zope.conf: | $(VENVDEMO)/.installed
+	$(VENVDEMO)/bin/mkwsgiinstance -d $(INSTANCE) -u admin:admin
 
-run: $(VENV)/.installed $(INSTANCE)/etc/zope.conf
-	$(VENV)/bin/python demo/configure_instance.py $(INSTANCE) $(PORT)
-	$(VENV)/bin/zconsole run $(INSTANCE)/etc/zope.conf demo/setup_demo.py
+run: $(VENVDEMO)/.installed $(INSTANCE)/etc/zope.conf
+	$(VENVDEMO)/bin/python demo/configure_instance.py $(INSTANCE) $(PORT)
+	$(VENVDEMO)/bin/zconsole run $(INSTANCE)/etc/zope.conf demo/setup_demo.py
 	@echo
 	@echo "  Demo page: http://127.0.0.1:$(PORT)/"
 	@echo "  ZMI:       http://127.0.0.1:$(PORT)/manage  (login admin / admin)"
 	@echo "  Stop with Ctrl-C."
 	@echo
-	$(VENV)/bin/runwsgi $(INSTANCE)/etc/zope.ini
+	$(VENVDEMO)/bin/runwsgi $(INSTANCE)/etc/zope.ini
 
 # --- tests ----------------------------------------------------------------
 
@@ -124,7 +135,7 @@ bench: $(VENVBENCH)/.installed
 	$(VENVBENCH)/bin/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV5) $(VENVPLONE) $(VENVBENCH) build dist .tox \
+	rm -rf $(VENV) $(VENV5) $(VENVPLONE) $(VENVBENCH) $(VENVDEMO) build dist .tox \
 	    .pytest_cache .hypothesis .coverage .coverage.* htmlcov src/*.egg-info
 	find src demo -name __pycache__ -type d -prune -exec rm -rf {} +
 

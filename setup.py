@@ -102,10 +102,12 @@ setup(
         'postgresql': ['SQLAlchemy >= 2.0', 'psycopg2-binary'],
         # Beaker prefers it to pycryptodome: authenticated AES-GCM.
         'crypto': ['cryptography'],
-        # benchmarks/: load generator, chart, profilers and the memcached
-        # sessions the benchmark compares with.
-        'bench': ['aiohttp', 'matplotlib', 'Products.mcdutils', 'py-spy',
-                  'pyinstrument'],
+        # benchmarks/: load generator, chart, profilers, the memcached
+        # sessions the benchmark compares with, and what its instances and
+        # tests.servers use.
+        'bench': ['aiohttp', 'matplotlib', 'Products.mcdutils',
+                  'Products.PythonScripts', 'Products.TemporaryFolder',
+                  'py-spy', 'pyinstrument', 'pytest'],
     },
     entry_points={
         'console_scripts': [
