@@ -288,7 +288,8 @@ class Cleanup:
     before the deadline still write it.  Records that hold no session
     (left behind by invalidated sessions, or by reads of unknown ids on
     dbm) go when their file or row is that old, and so do session files
-    that cannot be unpickled at all (a write cut short by a crash).
+    and rows that cannot be unpickled at all (a write cut short by a
+    crash, a row of Python 2).
     Records that cannot be decoded go only with ``remove_unreadable``: with
     a wrong ``encrypt_key`` or serializer in the cleanup's configuration
     every session would look unreadable.

@@ -83,7 +83,8 @@ class FileStore(BeakerStore):
             return None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_SH)
-            contents = unpickled(read_whole(descriptor))
+            # Empty for a file a crash cut short: no session.
+            contents = pickled_dict(read_whole(descriptor)) or {}
         finally:
             unlock_and_close(descriptor)
         return self._live_record(contents.get(RECORD_KEY))
@@ -95,7 +96,7 @@ class FileStore(BeakerStore):
             descriptor, writable = locked_session_file(path)
             try:
                 old = b'' if descriptor is None else read_whole(descriptor)
-                contents = unpickled(old)
+                contents = pickled_dict(old) or {}
                 # An expired record is no session: the merge starts afresh.
                 record = apply(self._live_record(contents.get(RECORD_KEY)))
                 if record is not None:
@@ -202,15 +203,6 @@ def unlock_and_close(descriptor):
         fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
-
-
-def unpickled(data):
-    """The dict a session file holds; empty for none, and for one that
-    cannot be read (a write cut short by a crash of the host)."""
-    try:
-        return pickled_dict(data)
-    except Exception:
-        return {}
 
 
 def rewrite(descriptor, data, old_length):

@@ -25,6 +25,7 @@ from beaker.ext.sqla import make_cache_table
 from beaker.synchronization import null_synchronizer
 
 from .interfaces import ConfigurationError
+from .store import pickled_dict
 
 
 # Seconds a merge waits for another writer of the same session.
@@ -73,6 +74,9 @@ class TransactionalSqlNamespace:
     ``accessed`` column is updated on every write, as Beaker does.
     """
 
+    # Whether the row read under the lock could not be unpickled.
+    damaged = False
+
     def get_creation_lock(self, key):
         # The write lock is the lock.
         return null_synchronizer()
@@ -82,8 +86,11 @@ class TransactionalSqlNamespace:
         connection = self.bind.connect()
         try:
             self._transaction = connection.begin()
-            query = sa.select(self.table.c.data).where(
-                self.table.c.namespace == self.namespace)
+            # The pickle unpickled here, not by the column's PickleType:
+            # one this Python cannot load is a damaged row, not an error.
+            query = sa.select(
+                sa.type_coerce(self.table.c.data, sa.LargeBinary)).where(
+                    self.table.c.namespace == self.namespace)
             dialect = connection.dialect.name
             try:
                 if dialect == 'postgresql':
@@ -112,7 +119,9 @@ class TransactionalSqlNamespace:
             connection.close()
             raise
         self._connection = connection
-        self.hash = dict(row.data) if row is not None else {}
+        contents = {} if row is None else pickled_dict(bytes(row[0]))
+        self.damaged = contents is None
+        self.hash = contents or {}
         self._is_new = row is None
         self._changed = False
         return True

@@ -29,8 +29,10 @@ from .store import pickled_dict
 
 def row_contents(data):
     """The dict a row's ``data`` holds (what the column's PickleType and
-    Beaker's namespace load), empty if it is no dict."""
-    return pickled_dict(bytes(data))
+    Beaker's namespace load); empty if it is no dict or cannot be
+    unpickled (a row of Python 2, or of a class since removed): no
+    session, not an error of the store."""
+    return pickled_dict(bytes(data)) or {}
 
 
 class SqlStore(BeakerStore):

@@ -52,8 +52,13 @@ REMOVABLE = FILE_LOCKED + (SqlaNamespaceManager,)
 
 def pickled_dict(data):
     """The dict pickled in ``data``, a session's file or row as Beaker
-    writes it; empty if it holds no dict."""
-    contents = pickle.loads(data)
+    writes it; empty if it holds no dict, None if it cannot be unpickled
+    at all (a file a crash cut short, a row written by Python 2 or holding
+    a class since removed)."""
+    try:
+        contents = pickle.loads(data)
+    except Exception:
+        return None
     return contents if isinstance(contents, dict) else {}
 
 
@@ -70,8 +75,8 @@ class Marker:
 # A record that cannot be decoded (with this configuration's keys and
 # serializer: other ones may read it).
 UNREADABLE = Marker('UNREADABLE')
-# A session file that cannot be unpickled, whatever the configuration: a
-# write cut short by a crash.
+# A session file or row that cannot be unpickled, whatever the
+# configuration: a write cut short by a crash, a row of Python 2.
 DAMAGED = Marker('DAMAGED')
 
 
@@ -255,9 +260,13 @@ class BeakerStore:
             written = row_written(namespace)
             if written is None:
                 return False
-            if set(namespace.keys()) - {RECORD_KEY}:
+            if namespace.damaged:
+                record = DAMAGED
+            elif set(namespace.keys()) - {RECORD_KEY}:
                 return False
-            if not condition(self._examine(namespace), written):
+            else:
+                record = self._examine(namespace)
+            if not condition(record, written):
                 return False
             # The namespace deletes the row it leaves empty; setting the
             # key first marks a row that was empty already as changed.

@@ -29,6 +29,12 @@ SQL_TYPES = {
 }
 
 
+# Python 2's pickle of {'session': {'name': 'J\xfcrgen'}}, a row as 2.x of
+# this product left it: Python 3 cannot decode the str as ASCII.
+PYTHON2_ROW = (b"(dp0\nS'session'\np1\n(dp2\nS'name'\np3\n"
+               b"S'J\\xfcrgen'\np4\nss.")
+
+
 def age(store, session_id, seconds):
     """Make the session's last access ``seconds`` older in ``store``."""
     def older(record):
@@ -89,6 +95,22 @@ def sql_database(name):
     directory = tempfile.mkdtemp(prefix='beaker-sqlite-')
     url = 'sqlite:///%s' % os.path.join(directory, 'sessions.db')
     return url, functools.partial(shutil.rmtree, directory, True)
+
+
+def overwrite_rows(url, table_name, session_ids, data):
+    """Put the bytes ``data``, not pickled, in the rows of
+    ``session_ids``."""
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for session_id in session_ids:
+                updated = connection.execute(sa.text(
+                    'UPDATE %s SET data = :data WHERE namespace = :id'
+                    % table_name), {'data': data, 'id': session_id})
+                assert updated.rowcount == 1, session_id
+    finally:
+        engine.dispose()
 
 
 def drop_table(url, table_name, then=_nothing):

@@ -24,6 +24,7 @@ from Products.BeakerSessionDataManager.cleanup import layout_for
 from Products.BeakerSessionDataManager.cleanup import lock_name
 from Products.BeakerSessionDataManager.cleanup import walk
 from Products.BeakerSessionDataManager.tests import servers
+from Products.BeakerSessionDataManager.tests import stores
 
 
 SECRET = 'Qv3s9dJk2LmN8pRt5WxYz1AbCdEfGhIjKl'
@@ -258,6 +259,23 @@ def test_damaged_files_go_once_old(tmp_path):
     assert report.removed == {'damaged': 2}
     assert report.kept == {}
     # Written recently: maybe by a writer still at it.
+    assert stored(configuration) == set(damaged[2:])
+
+
+@pytest.mark.parametrize('store_type', ['sqlite', 'postgresql'])
+def test_damaged_rows_go_once_old(configuration):
+    """Rows no Python 3 can unpickle (written by Python 2): damaged."""
+    damaged = new_ids(3)
+    write(configuration, damaged, LONG_AGO)
+    layout = layout_for(configuration)
+    stores.overwrite_rows(layout.bind.url, layout.table.name, damaged,
+                          stores.PYTHON2_ROW)
+    backdate(configuration, damaged[:2])
+
+    report = clean(configuration)
+
+    assert report.removed == {'damaged': 2}
+    assert report.kept == {}
     assert stored(configuration) == set(damaged[2:])
 
 

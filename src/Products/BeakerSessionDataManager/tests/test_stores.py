@@ -227,6 +227,44 @@ class FileCutShortTests(PublishingTestCase):
         self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
 
 
+class SqlRowUnpicklable:
+    """A session row whose pickle this Python cannot load: written by
+    Python 2 (2.x of this product), or holding a class since removed."""
+
+    # The pickle of an instance of no_such.module.x.C.
+    GONE_CLASS_ROW = (b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00"
+                      b"\x8c\x10no_such.module.x\x94\x8c\x01C\x94\x93"
+                      b"\x94)\x81\x94.")
+
+    def assert_fresh_session_after(self, data):
+        StoreTests.addCounter(self)
+        browser = self.browser()
+        self.get(browser, '/count')
+        count, session_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '2')
+        options = self.layer['beaker_configuration'].options
+        stores.overwrite_rows(options['url'], options['table_name'],
+                              [session_id], data)
+        count, new_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '1')
+        self.assertNotEqual(new_id, session_id)
+        self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+
+    def test_python_2_row(self):
+        self.assert_fresh_session_after(stores.PYTHON2_ROW)
+
+    def test_row_of_a_class_gone(self):
+        self.assert_fresh_session_after(self.GONE_CLASS_ROW)
+
+
+for _name in stores.SQL_TYPES:
+    globals()['TestSqlRowUnpicklable_%s' % _name] = type(
+        'TestSqlRowUnpicklable_%s' % _name,
+        (SqlRowUnpicklable, PublishingTestCase),
+        {'layer': stores.LAYERS[_name]})
+del _name
+
+
 def memcached_expiry_times(address):
     """``{key: exptime}`` of every item of a memcached server, read with
     ``lru_crawler metadump`` (exptime is a Unix time, -1 for none)."""
