@@ -14,7 +14,9 @@ sent out the notices of its write: a browser that has just written its
 session through another Zope instance, and waited for the response, is
 seen by its next request here.  It waits only if another process caches:
 each cache enters itself in a registry (``CACHES_KEY``) before it takes
-in anything, and the writer's script looks there.
+in anything, and the writer's script looks there.  Redis tells the cache
+when the registry changes: found missing (deleted, evicted), the cache
+enters itself again and starts afresh.
 
 A server without RESP3 or tracking (Redis before 6, some proxies) gets
 the same commands, without the cache.
@@ -138,6 +140,8 @@ class Connection:
         # whether it tracks this connection's.
         self.resp3 = False
         self.tracking = False
+        # What the connection entered in the registry.
+        self.entry = None
         self.buffer = b''
         self.sock = self._connect()
         self.tls = isinstance(self.sock, ssl.SSLSocket)
@@ -224,14 +228,29 @@ class Connection:
         refuses the registry."""
         try:
             self._subscribe(self.channel)
-            entry = self.channel
+            self.entry = self.channel
         except ReplyError:
-            entry = UNNAMED_CACHE
+            self.entry = UNNAMED_CACHE
         try:
-            self.execute('SADD', CACHES_KEY, entry)
+            self._register()
         except ReplyError:
             return False
         return True
+
+    def _register(self):
+        # Read after the write: Redis then tells the connection when the
+        # registry changes (a write of its own ends the tracking).
+        self.pipeline(('SADD', CACHES_KEY, self.entry),
+                      ('SISMEMBER', CACHES_KEY, self.entry))
+
+    def still_registered(self):
+        """Whether the registry still holds the cache's entry, which is
+        entered again if not (the key was deleted or evicted); watched
+        again either way."""
+        if self.execute('SISMEMBER', CACHES_KEY, self.entry):
+            return True
+        self._register()
+        return False
 
     def _subscribe(self, channel):
         self.sock.sendall(pack(('SUBSCRIBE', channel)))
@@ -255,18 +274,35 @@ class Connection:
     def execute(self, *command):
         """Send ``command`` and return its reply, taking in the notices
         that come before it."""
-        try:
-            self.sock.sendall(pack(command))
-        except BlockingIOError:
-            raise self._timeout()
-        while True:
-            reply = self._reply()
-            if type(reply) is Push:
-                self._notice(reply)
-                continue
+        self._send(pack(command))
+        reply = self._answer()
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    def pipeline(self, *commands):
+        """Send ``commands`` at once and return their replies: one round
+        trip.  The first error is raised once every reply is read."""
+        self._send(b''.join(map(pack, commands)))
+        replies = [self._answer() for _ in commands]
+        for reply in replies:
             if isinstance(reply, ReplyError):
                 raise reply
-            return reply
+        return replies
+
+    def _send(self, data):
+        try:
+            self.sock.sendall(data)
+        except BlockingIOError:
+            raise self._timeout()
+
+    def _answer(self):
+        """The next reply, after the notices that come before it."""
+        while True:
+            reply = self._reply()
+            if type(reply) is not Push:
+                return reply
+            self._notice(reply)
 
     def take_notices(self):
         """Take in the notices that have arrived since the last reply."""
@@ -374,6 +410,11 @@ class Slot:
         self.connection = None
         # The database was flushed, and the registry with it.
         self.flushed = False
+        # Somebody changed the registry: is the cache still in?
+        self.registry_changed = False
+        # It was not, for a while: writers may not have waited for the
+        # notices of their writes to reach this cache.
+        self.suspect = False
         self.lock = threading.Lock()
         _slots.add(self)
 
@@ -426,6 +467,18 @@ class Slot:
             # before it reads what it keeps.
             self._drop()
             return MISSING
+        if self.registry_changed:
+            self.registry_changed = False
+            try:
+                if not connection.still_registered():
+                    self.client.suspect_caches()
+            except BaseException:
+                self._drop()
+                return MISSING
+        if self.suspect:
+            self.suspect = False
+            self.cache.clear()
+            return MISSING
         return self.cache.get(key, MISSING)
 
     def keep(self, key, value):
@@ -452,6 +505,8 @@ class Slot:
         # The notices of a lost connection are lost with it.
         self.cache.clear()
         self.flushed = False
+        self.registry_changed = False
+        self.suspect = False
         if self.connection is not None:
             self.connection.close()
             self.connection = None
@@ -463,6 +518,8 @@ class Slot:
         self.lock = threading.Lock()
         self.cache.clear()
         self.flushed = False
+        self.registry_changed = False
+        self.suspect = False
         if self.connection is not None:
             # Closing our copy of the socket leaves the parent's open.
             self.connection.close()
@@ -474,8 +531,11 @@ class Slot:
             self.flushed = True
             return
         for key in keys:
-            self.cache.pop(key.decode() if isinstance(key, bytes) else key,
-                           None)
+            key = key.decode() if isinstance(key, bytes) else key
+            if key == CACHES_KEY:
+                self.registry_changed = True
+            else:
+                self.cache.pop(key, None)
 
 
 class Client:
@@ -490,6 +550,12 @@ class Client:
 
     def slot(self, key):
         return self.slots[hash(key) % SLOTS]
+
+    def suspect_caches(self):
+        """The cache was missing from the registry: every slot starts
+        afresh (the one that found out entered it again)."""
+        for slot in self.slots:
+            slot.suspect = True
 
     @property
     def channel(self):

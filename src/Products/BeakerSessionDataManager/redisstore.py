@@ -63,18 +63,23 @@ redis.call('EXISTS', KEYS[1])
 # write answers {1, 1} if another process caches (a channel of the
 # registry has a subscriber, or the registry has a cache without a
 # channel), or if the registry cannot be read: the writer then waits for
-# the notices.  Channels without a subscriber are of caches gone: dropped.
+# the notices.  Channels without a subscriber are of caches gone: dropped,
+# and then the third value is 1: the connection's own write ended Redis's
+# notices to it of changes of the registry (read in a script, a key that
+# is not declared is not tracked), so its cache checks the registry.
 # The search stops at the first cache of another process; one channel
 # drawn at random is then looked at too, so that those of caches gone
 # after it do not pile up.  The registry is no declared key, so that a
 # user whose access list refuses it can still write (and always waits).
 COMPARE_AND_SET = WRITE_IF_UNCHANGED + '''\
+local dropped = 0
 local function gone(channel)
     local counts = redis.pcall('PUBSUB', 'NUMSUB', channel)
     if counts.err or counts[2] > 0 then
         return false
     end
     redis.pcall('SREM', ARGV[5], channel)
+    dropped = 1
     return true
 end
 local channels = redis.pcall('SMEMBERS', ARGV[5])
@@ -83,17 +88,17 @@ if channels.err then
 end
 for _, channel in ipairs(channels) do
     if channel == '%(unnamed)s' then
-        return {1, 1}
+        return {1, 1, dropped}
     end
     if channel ~= ARGV[4] and not gone(channel) then
         local drawn = redis.pcall('SRANDMEMBER', ARGV[5])
         if type(drawn) == 'string' and drawn ~= '%(unnamed)s' then
             gone(drawn)
         end
-        return {1, 1}
+        return {1, 1, dropped}
     end
 end
-return {1, 0}
+return {1, 0, dropped}
 ''' % {'unnamed': UNNAMED_CACHE}
 # A cluster has no client caches to tell, and no registry.
 CLUSTER_COMPARE_AND_SET = WRITE_IF_UNCHANGED + 'return {1}\n'
@@ -205,6 +210,8 @@ class RedisStore(RedisRecords):
                 slot.keep(key, stored)
                 if written and reply[1]:
                     slot.sync()  # Other processes cache.
+                if written and reply[2:] == [1]:
+                    slot.registry_changed = True
             return written, stored
 
         return self._merge(session_id, apply, expected, write)

@@ -73,9 +73,10 @@ class RedisFixture:
                     'session.client_cache_size': str(cache_size)}
         return SessionConfiguration(settings).store
 
-    def stored_session(self, url=None):
+    def stored_session(self, url=None,
+                       cache_size=redisstore.DEFAULT_CACHE_SIZE):
         """A store on ``url`` and the id of a session it has written."""
-        store = self.make_store(url=url)
+        store = self.make_store(cache_size, url)
         session_id = secrets.token_hex(16)
         store.merge(session_id, lambda old: record(n=1))
         return store, session_id
@@ -179,6 +180,64 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         self.store.merge(self.session_id, lambda old: record(n=3))
         loaded, trips = self.round_trips(self.store.load, self.session_id)
         self.assertEqual((loaded['n'], trips), (3, 0))
+
+    def test_a_cache_entering_the_registry_costs_the_others_a_check(self):
+        # Told that the registry changed, a connection checks that its own
+        # cache is still there (one SISMEMBER), and keeps what it has.
+        self.store.load(self.session_id)
+        # Another cache, as another Zope instance has.
+        other = self.make_store(cache_size=16)
+        other.load(self.session_id)  # It enters the registry.
+        self.settled()
+        for expected_trips in (1, 0):
+            loaded, trips = self.round_trips(self.store.load, self.session_id)
+            self.assertEqual((loaded['n'], trips), (1, expected_trips))
+
+    def test_a_deleted_registry_is_entered_again(self):
+        # An administrator who deletes every beaker_cache:* key to end all
+        # sessions (or an eviction) deletes the registry: writers would no
+        # longer wait for this cache's notices.
+        channel = self.store.client.channel.encode()
+        others = [secrets.token_hex(16) for _ in range(20)]
+        for session_id in others:
+            self.store.merge(session_id, lambda old: record(n=1))
+        self.redis.delete(redisclient.CACHES_KEY)
+        self.settled()
+        # The first read checks, enters the cache again, and reads afresh.
+        loaded, trips = self.round_trips(self.store.load, self.session_id)
+        self.assertEqual((loaded['n'], trips), (1, 3))
+        self.assertIn(channel, self.redis.smembers(redisclient.CACHES_KEY))
+        # Every slot starts afresh: a GET for each session, and where a
+        # slot is read first, its check.
+        checked = {self.store.client.slot(self.key)}
+        expected = []
+        for session_id in others:
+            slot = self.store.client.slot(redisstore.KEY % session_id)
+            expected.append(1 if slot in checked else 2)
+            checked.add(slot)
+        self.assertEqual([self.round_trips(self.store.load, session_id)[1]
+                          for session_id in others], expected)
+        # Writers wait for this cache again.
+        writer = self.make_store(cache_size=0)
+        self.assertEqual(self.pings(writer.merge, self.session_id,
+                                    lambda old: dict(old or {}, n=2)), 1)
+        self.assertEqual(self.store.load(self.session_id)['n'], 2)
+
+    def test_a_deleted_registry_is_seen_after_a_write_dropped_a_channel(self):
+        # Dropping a cache gone is a write of the connection's own, after
+        # which Redis tells it nothing more of the registry unless the
+        # script reads it again.  (A cache of its own, whose connection's
+        # first write drops the channel.)
+        gone = b'beaker_cache:client_cache:gone.1'
+        self.redis.sadd(redisclient.CACHES_KEY, gone)
+        store, session_id = self.stored_session(cache_size=32)
+        self.assertNotIn(gone, self.redis.smembers(redisclient.CACHES_KEY))
+        self.redis.delete(redisclient.CACHES_KEY)
+        self.settled()
+        loaded, trips = self.round_trips(store.load, session_id)
+        self.assertEqual((loaded['n'], trips), (1, 3))
+        self.assertIn(store.client.channel.encode(),
+                      self.redis.smembers(redisclient.CACHES_KEY))
 
     def test_an_expired_key_is_gone(self):
         self.store.load(self.session_id)

@@ -203,6 +203,9 @@ class RedisRoundTrips(Counting):
         session_id = self.session_id(browser)
         other = self.caching_store()
         other.load(session_id)  # Its connection enters it in the registry.
+        # Told of that, this process's connection checks once that its own
+        # cache is still there (a SISMEMBER; test_redisclient).
+        self.store.load(session_id)
         self.assertEqual(self.counted(browser, '/count'),
                          (2, WRITE_SEEN_BY_OTHERS))
         self.assertEqual(other.load(session_id)['count'], 2)
@@ -212,6 +215,7 @@ class RedisRoundTrips(Counting):
         session_id = self.session_id(browser)
         other = self.caching_store()
         other.load(session_id)
+        self.store.load(session_id)  # The check that follows its entry.
         channel = other.client.channel
         for slot in other.client.slots:
             slot._drop()  # Closed, as by a process that ends.
@@ -221,6 +225,10 @@ class RedisRoundTrips(Counting):
             WRITE, **{'pubsub|numsub': 1, 'srem': 1})))
         self.assertEqual(self.client.smembers(CACHES_KEY),
                          {self.store.client.channel.encode()})
+        # That write of its own ended Redis's notices to the connection of
+        # changes of the registry: its next read checks the registry once.
+        self.assertEqual(self.counted(browser, '/count'),
+                         (2, dict(WRITE, sismember=1)))
         self.assertEqual(self.counted(browser, '/count'), (1, WRITE))
 
     def test_caches_gone_do_not_pile_up_behind_a_live_one(self):
