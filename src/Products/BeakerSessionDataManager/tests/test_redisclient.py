@@ -282,6 +282,20 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         other = self.make_store(cache_size=0)
         self.assertEqual(other.load(self.session_id)['big'], big)
 
+    def test_a_session_larger_than_the_socket_buffer_is_sent_whole(self):
+        # Sent without waiting as far as the socket's buffer takes it, the
+        # rest waiting as Python's sendall does.
+        sent = []
+        c_send = redisclient._c_send
+        self.addCleanup(setattr, redisclient, '_c_send', c_send)
+        redisclient._c_send = lambda *args: sent.append(c_send(*args)) or \
+            sent[-1]
+        big = 'x' * (16 << 20)
+        self.store.merge(self.session_id, lambda old: dict(old, big=big))
+        self.assertLess(max(sent), 16 << 20)
+        other = self.make_store(cache_size=0)
+        self.assertEqual(other.load(self.session_id)['big'], big)
+
     def test_a_value_that_is_no_pickle_reads_as_no_session(self):
         self.redis.set(self.key, b'not a pickle')
         self.settled()
