@@ -228,6 +228,9 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
         # which Redis tells it nothing more of the registry unless the
         # script reads it again.  (A cache of its own, whose connection's
         # first write drops the channel.)
+        # No other cache, at whose channel the write would stop looking.
+        self.forget_clients()
+        self.redis.delete(redisclient.CACHES_KEY)
         gone = b'beaker_cache:client_cache:gone.1'
         self.redis.sadd(redisclient.CACHES_KEY, gone)
         store, session_id = self.stored_session(cache_size=32)
