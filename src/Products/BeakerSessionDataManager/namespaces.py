@@ -13,6 +13,7 @@ sessions can still share the store, and replace the locking:
 - dbm: the file of a new session is created under the session's lock.
 """
 import importlib
+import pickle
 from datetime import datetime
 from hashlib import sha256
 
@@ -52,6 +53,15 @@ class DBMSessionNamespace(DBMNamespaceManager):
             super()._checkfile()
         finally:
             self.access_lock.release_write_lock()
+
+    def __getitem__(self, key):
+        # A value this Python cannot unpickle (written by Python 2) is no
+        # value, as a session file that cannot be unpickled is no session.
+        data = self.dbm[key]
+        try:
+            return pickle.loads(data)
+        except Exception:
+            raise KeyError(key) from None
 
 
 def advisory_lock_key(table, namespace):

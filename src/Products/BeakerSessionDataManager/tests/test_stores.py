@@ -24,6 +24,7 @@ from Products.BeakerSessionDataManager import testing
 from Products.BeakerSessionDataManager.interfaces import ConfigurationError
 from Products.BeakerSessionDataManager.namespaces import LockTimeout
 from Products.BeakerSessionDataManager.session import BeakerSessionData
+from Products.BeakerSessionDataManager.store import RECORD_KEY
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests import stores
 from Products.BeakerSessionDataManager.tests.test_conformance import \
@@ -227,14 +228,18 @@ class FileCutShortTests(PublishingTestCase):
         self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
 
 
-class SqlRowUnpicklable:
-    """A session row whose pickle this Python cannot load: written by
-    Python 2 (2.x of this product), or holding a class since removed."""
+class UnpicklableData:
+    """Stored data whose pickle this Python cannot load: written by Python
+    2 (2.x of this product), or holding a class since removed."""
 
     # The pickle of an instance of no_such.module.x.C.
-    GONE_CLASS_ROW = (b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00"
-                      b"\x8c\x10no_such.module.x\x94\x8c\x01C\x94\x93"
-                      b"\x94)\x81\x94.")
+    GONE_CLASS = (b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00"
+                  b"\x8c\x10no_such.module.x\x94\x8c\x01C\x94\x93"
+                  b"\x94)\x81\x94.")
+
+    def damage(self, session_id, data):
+        """Put ``data`` where the store keeps the session."""
+        raise NotImplementedError
 
     def assert_fresh_session_after(self, data):
         StoreTests.addCounter(self)
@@ -242,24 +247,54 @@ class SqlRowUnpicklable:
         self.get(browser, '/count')
         count, session_id = self.get(browser, '/count').split()
         self.assertEqual(count, '2')
-        options = self.layer['beaker_configuration'].options
-        stores.overwrite_rows(options['url'], options['table_name'],
-                              [session_id], data)
+        self.damage(session_id, data)
         count, new_id = self.get(browser, '/count').split()
         self.assertEqual(count, '1')
         self.assertNotEqual(new_id, session_id)
         self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
 
-    def test_python_2_row(self):
+    def test_python_2_data(self):
         self.assert_fresh_session_after(stores.PYTHON2_ROW)
 
-    def test_row_of_a_class_gone(self):
-        self.assert_fresh_session_after(self.GONE_CLASS_ROW)
+    def test_data_of_a_class_gone(self):
+        self.assert_fresh_session_after(self.GONE_CLASS)
+
+
+class TestUnpicklableFile(UnpicklableData, PublishingTestCase):
+
+    layer = stores.LAYERS['file']
+
+    def damage(self, session_id, data):
+        store = self.layer['beaker_configuration'].store
+        with open(store.path(session_id), 'wb') as f:
+            f.write(data)
+
+
+class TestUnpicklableDbmValue(UnpicklableData, PublishingTestCase):
+
+    layer = stores.LAYERS['dbm']
+
+    def damage(self, session_id, data):
+        store = self.layer['beaker_configuration'].store
+        namespace = store._namespace(session_id)
+        namespace.acquire_write_lock()
+        try:
+            namespace.dbm[RECORD_KEY] = data
+        finally:
+            namespace.release_write_lock()
+
+
+class SqlRowUnpicklable(UnpicklableData):
+
+    def damage(self, session_id, data):
+        options = self.layer['beaker_configuration'].options
+        stores.overwrite_rows(options['url'], options['table_name'],
+                              [session_id], data)
 
 
 for _name in stores.SQL_TYPES:
-    globals()['TestSqlRowUnpicklable_%s' % _name] = type(
-        'TestSqlRowUnpicklable_%s' % _name,
+    globals()['TestUnpicklableSqlRow_%s' % _name] = type(
+        'TestUnpicklableSqlRow_%s' % _name,
         (SqlRowUnpicklable, PublishingTestCase),
         {'layer': stores.LAYERS[_name]})
 del _name
