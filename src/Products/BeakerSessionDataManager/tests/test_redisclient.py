@@ -225,10 +225,11 @@ class ClientCacheTests(RedisFixture, unittest.TestCase):
 
     def test_a_deleted_registry_is_seen_after_a_write_dropped_a_channel(self):
         # Dropping a cache gone is a write of the connection's own, after
-        # which Redis tells it nothing more of the registry unless the
-        # script reads it again.  (A cache of its own, whose connection's
-        # first write drops the channel.)
-        # No other cache, at whose channel the write would stop looking.
+        # which Redis tells it nothing more of the registry (a script's
+        # reads of keys it does not declare are not tracked): the script
+        # says it dropped one, and the connection checks at its next read.
+        # A cache of its own, whose first write drops the channel, and no
+        # other cache, at whose channel the write would stop looking.
         self.forget_clients()
         self.redis.delete(redisclient.CACHES_KEY)
         gone = b'beaker_cache:client_cache:gone.1'
