@@ -9,11 +9,13 @@ ran against the store.
 """
 import secrets
 import time
+from functools import partial
 
 from beaker.container import MemoryNamespaceManager
 
 from .cleanup import SESSION_ID
 from .cleanup import layout_for
+from .redisclient import Connection
 from .session import ACCESSED
 from .session import CREATED
 from .store import RECORD_KEY
@@ -95,25 +97,39 @@ def count_sessions(configuration):
                    if SESSION_ID(name) and RECORD_KEY in data)
     store = configuration.store
     if configuration.type == 'ext:redis':
-        return count_redis_keys([store._namespace('0' * 32).client])
+        # A connection of its own, with the store's timeouts: not one of
+        # the sessions' connections, which a SCAN would hold up.
+        connection = Connection(store.client.settings)
+        try:
+            return count_redis_keys([partial(scan, connection)])
+        finally:
+            connection.close()
     if configuration.type == 'ext:rediscluster':
         # Each primary holds its share of the keys.
         cluster = store.cluster()
-        return count_redis_keys([cluster.get_redis_connection(node)
-                                 for node in cluster.get_primaries()])
+        return count_redis_keys([
+            partial(cluster.get_redis_connection(node).scan, count=1000)
+            for node in cluster.get_primaries()])
     return None
 
 
-def count_redis_keys(clients):
-    """SCAN the servers of ``clients`` (redis-py's) for Beaker's session
-    keys, within REDIS_COUNT_SECONDS in all."""
+def scan(connection, cursor, match):
+    """redis-py's ``scan`` on a connection of the product's client."""
+    cursor, keys = connection.execute(
+        'SCAN', cursor, 'MATCH', match, 'COUNT', 1000)
+    return int(cursor), keys
+
+
+def count_redis_keys(scans):
+    """Count Beaker's session keys with ``scans``, one ``SCAN`` function
+    (as redis-py's) per server, within REDIS_COUNT_SECONDS in all."""
     deadline = time.monotonic() + REDIS_COUNT_SECONDS
     count = 0
-    for client in clients:
+    for scan_server in scans:
         cursor = 0
         while True:
-            cursor, keys = client.scan(
-                cursor, match='beaker_cache:*:%s' % RECORD_KEY, count=1000)
+            cursor, keys = scan_server(
+                cursor, match='beaker_cache:*:%s' % RECORD_KEY)
             count += len(keys)
             if not cursor:
                 break

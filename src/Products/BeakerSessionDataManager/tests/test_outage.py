@@ -18,6 +18,8 @@ import unittest
 import pytest
 import redis
 
+from Products.BeakerSessionDataManager import redisclient
+from Products.BeakerSessionDataManager import status
 from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.outages import OutageLog
 from Products.BeakerSessionDataManager.redisstore import KEY
@@ -210,6 +212,38 @@ def test_a_redis_cluster_node_that_stops_answering_times_out(secret):
             assert time.monotonic() - started < 4
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
+
+
+def test_counting_redis_sessions_times_out(secret, monkeypatch):
+    # The Status tab and ``beaker-sessions check`` count the sessions after
+    # the probe: a Redis that stopped answering meanwhile ends the count
+    # with the store's socket_timeout (default 10 s, here shorter), as any
+    # session access, instead of holding the thread for good (Beaker's
+    # client has no timeout unless the URL gives one).
+    monkeypatch.setattr(redisclient, 'DEFAULT_SOCKET_TIMEOUT', 0.5)
+    with servers.RedisServer(None) as server:
+        configuration = SessionConfiguration({
+            'session.type': 'ext:redis', 'session.url': server.url,
+            'session.secret': secret})
+        configuration.store.merge(secrets.token_hex(16),
+                                  lambda record: {'n': 1})
+        assert status.count_sessions(configuration) == 1
+        outcome = []
+
+        def count():
+            try:
+                outcome.append(status.count_sessions(configuration))
+            except Exception as exc:
+                outcome.append(exc)
+
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            counting = threading.Thread(target=count, daemon=True)
+            counting.start()
+            counting.join(4)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError)
 
 
 def test_memcached_outage(secret):
