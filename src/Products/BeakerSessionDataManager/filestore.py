@@ -140,13 +140,15 @@ CHUNK = 1 << 16
 
 
 def read_whole(descriptor):
-    """All of an open file."""
+    """All of an open regular file: a read that answers less than it was
+    asked for is at the end, and the one read of a session file is its
+    only system call."""
     chunks = []
     while True:
         chunk = os.read(descriptor, CHUNK)
-        if not chunk:
-            return b''.join(chunks)
         chunks.append(chunk)
+        if len(chunk) < CHUNK:
+            return b''.join(chunks)
 
 
 def create(path, flags):

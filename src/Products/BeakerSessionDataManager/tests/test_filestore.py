@@ -16,8 +16,10 @@ import unittest
 
 from beaker.cache import clsmap
 
+from Products.BeakerSessionDataManager.filestore import CHUNK
 from Products.BeakerSessionDataManager.filestore import IN_PLACE_LIMIT
 from Products.BeakerSessionDataManager.filestore import FileStore
+from Products.BeakerSessionDataManager.filestore import read_whole
 from Products.BeakerSessionDataManager.filestore import unlock_and_close
 from Products.BeakerSessionDataManager.tests.test_store import SECRET
 from Products.BeakerSessionDataManager.tests.test_store import StoreTests
@@ -66,6 +68,18 @@ class FileStoreTests(StoreTests):
         self.assertEqual(after.st_ino, before.st_ino)
         self.assertLess(after.st_size, before.st_size)  # No old tail.
         self.assertEqual(store.load('f' * 32), {'a': 'y'})
+
+    def test_files_are_read_whole(self):
+        path = os.path.join(self.tmp, 'file')
+        for size in (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK):
+            data = os.urandom(size)
+            with open(path, 'wb') as f:
+                f.write(data)
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                self.assertEqual(read_whole(descriptor), data)
+            finally:
+                os.close(descriptor)
 
     def test_a_larger_file_is_replaced_whole(self):
         store = self.make_store()
