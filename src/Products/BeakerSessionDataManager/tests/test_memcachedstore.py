@@ -124,3 +124,50 @@ class MemcachedStoreTests(unittest.TestCase):
         store.merge(session_id, lambda old: record(n=2))
         store.delete(session_id)
         self.assertIsNone(store.load(session_id))
+
+
+class PoolWithADeadServerTests(unittest.TestCase):
+    """python-memcached sends the key of a dead server to others of the
+    pool, drawn ten times: a key can draw the dead one every time."""
+
+    def setUp(self):
+        self.pool = [servers.MemcachedServer().start() for _ in range(2)]
+        for server in self.pool:
+            self.addCleanup(server.cleanup)
+        self.store = SessionConfiguration({
+            'session.type': 'ext:memcached',
+            'session.url': servers.memcached_url(self.pool),
+            'session.secret': new_secret()}).store
+
+    def unlucky_session_id(self, dead):
+        """A session id whose ten draws all give the server ``dead``."""
+        from memcache import serverHashFunction
+        client = self.store.client
+        while True:
+            session_id = secrets.token_hex(16)
+            serverhash = serverHashFunction(
+                client._encode_key(self.store.key(session_id)))
+            for number in range(client._SERVER_RETRIES):
+                server = client.buckets[serverhash % len(client.buckets)]
+                if server is not client.servers[dead]:
+                    break
+                serverhash = serverHashFunction(
+                    (str(serverhash) + str(number)).encode('ascii'))
+            else:
+                return session_id
+
+    def test_a_key_that_finds_no_live_server_is_a_missing_session(self):
+        session_id = self.unlucky_session_id(dead=0)
+        self.pool[0].kill()
+        self.assertIsNone(self.store.load(session_id))
+        # Other sessions go on.
+        other = secrets.token_hex(16)
+        self.store.merge(other, lambda old: record(n=1))
+        self.assertEqual(self.store.load(other)['n'], 1)
+
+    def test_with_every_server_dead_a_read_fails(self):
+        session_id = self.unlucky_session_id(dead=0)
+        for server in self.pool:
+            server.kill()
+        with self.assertRaises(ConnectionError):
+            self.store.load(session_id)
