@@ -230,16 +230,13 @@ class FileCutShortTests(PublishingTestCase):
 
 class UnpicklableData:
     """Stored data whose pickle this Python cannot load: written by Python
-    2 (2.x of this product), or holding a class since removed."""
+    2 (2.x of this product), or holding a class since removed.  Each store's
+    class puts it where the store keeps the session (``damage``)."""
 
     # The pickle of an instance of no_such.module.x.C.
     GONE_CLASS = (b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00"
                   b"\x8c\x10no_such.module.x\x94\x8c\x01C\x94\x93"
                   b"\x94)\x81\x94.")
-
-    def damage(self, session_id, data):
-        """Put ``data`` where the store keeps the session."""
-        raise NotImplementedError
 
     def assert_fresh_session_after(self, data):
         StoreTests.addCounter(self)
