@@ -21,6 +21,7 @@ from .session import ACCESSED
 from .store import DAMAGED
 from .store import TTL_MARGIN
 from .store import UNREADABLE
+from .store import pickled_dict
 
 
 SESSION_ID = re.compile(r'[0-9a-f]{32}\Z').match
@@ -244,12 +245,14 @@ class SQLLayout:
                     created=now))
 
     def last_cleanup(self):
-        table = self.table
+        sa, table = self.sa, self.table
         with self.bind.connect() as connection:
-            data = connection.execute(self.sa.select(table.c.data).where(
-                table.c.namespace == MARKER_ROW)).scalar()
+            # Unpickled here as plain data, not by the column's PickleType.
+            data = connection.execute(sa.select(
+                sa.type_coerce(table.c.data, sa.LargeBinary)).where(
+                    table.c.namespace == MARKER_ROW)).scalar()
         try:
-            return float(data['time'])
+            return float(pickled_dict(data)['time'])
         except (TypeError, KeyError, ValueError):
             return None
 

@@ -18,6 +18,7 @@ from beaker.ext.memcached import MAX_KEY_LENGTH
 from .store import MAX_ATTEMPTS
 from .store import RECORD_KEY
 from .store import CompareAndSetStore
+from .store import PlainUnpickler
 
 
 # python-memcached keeps the version of every item a thread read; forget
@@ -43,9 +44,11 @@ class MemcachedStore(CompareAndSetStore):
         super().__init__(namespace_class, namespace_args, **kw)
         # python-memcached's client is thread-local: each thread has its
         # own sockets and the versions of the items it read, which this
-        # store's own reads must not share with another store's.
+        # store's own reads must not share with another store's.  It
+        # unpickles an item whose flags say so: plain data only.
         self.client = memcache.Client(
-            self.namespace_args['url'].split(';'), cache_cas=True)
+            self.namespace_args['url'].split(';'), cache_cas=True,
+            unpickler=PlainUnpickler)
 
     @staticmethod
     def key(session_id):

@@ -13,12 +13,12 @@ sessions can still share the store, and replace the locking:
 - dbm: the file of a new session is created under the session's lock.
 """
 import importlib
-import pickle
 from datetime import datetime
 from hashlib import sha256
 
 from beaker.cache import clsmap
 from beaker.container import DBMNamespaceManager
+from beaker.container import FileNamespaceManager
 from beaker.ext.database import DatabaseNamespaceManager
 from beaker.ext.memcached import MemcachedNamespaceManager
 from beaker.ext.sqla import SqlaNamespaceManager
@@ -26,7 +26,9 @@ from beaker.ext.sqla import make_cache_table
 from beaker.synchronization import null_synchronizer
 
 from .interfaces import ConfigurationError
+from .store import PlainUnpickler
 from .store import pickled_dict
+from .store import plain_loads
 
 
 # Seconds a merge waits for another writer of the same session.
@@ -35,6 +37,21 @@ LOCK_WAIT = 10
 
 class LockTimeout(Exception):
     """Another writer held the session's lock for too long."""
+
+
+class FileSessionNamespace(FileNamespaceManager):
+    """Beaker's file namespace, reading the file as plain data only
+    (``store.PlainUnpickler``): the cleanup, and the store elsewhere than
+    on POSIX systems, read session files through it."""
+
+    def do_open(self, flags, replace):
+        if not replace:
+            try:
+                with open(self.file, 'rb') as file:
+                    self.hash = PlainUnpickler(file).load()
+            except (FileNotFoundError, PermissionError):
+                pass  # As Beaker: the file is gone, or not ours to read.
+        self.flags = flags
 
 
 class DBMSessionNamespace(DBMNamespaceManager):
@@ -55,11 +72,12 @@ class DBMSessionNamespace(DBMNamespaceManager):
             self.access_lock.release_write_lock()
 
     def __getitem__(self, key):
-        # A value this Python cannot unpickle (written by Python 2) is no
-        # value, as a session file that cannot be unpickled is no session.
+        # A value that cannot be unpickled as plain data (written by
+        # Python 2, or not by Beaker) is no value, as a session file that
+        # cannot be is no session.
         data = self.dbm[key]
         try:
-            return pickle.loads(data)
+            return plain_loads(data)
         except Exception:
             raise KeyError(key) from None
 
@@ -215,6 +233,7 @@ CLIENTS = {
     'ext:sqla': ('sqlalchemy', 'sqlalchemy', 'an SQLAlchemy URL'),
 }
 NAMESPACE_CLASSES = {
+    'file': FileSessionNamespace,
     'dbm': DBMSessionNamespace,
     'ext:memcached': MemcachedNamespaceManager,
     'ext:database': DatabaseSessionNamespace,

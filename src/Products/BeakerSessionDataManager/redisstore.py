@@ -37,6 +37,7 @@ from .redisclient import NoScriptError
 from .store import MAX_ATTEMPTS
 from .store import RECORD_KEY
 from .store import CompareAndSetStore
+from .store import plain_loads
 
 
 # RedisNamespaceManager's key of a namespace's RECORD_KEY.
@@ -126,7 +127,7 @@ class RedisRecords(CompareAndSetStore):
         if raw is None:
             return None
         try:
-            encoded = pickle.loads(raw)
+            encoded = plain_loads(raw)
         except Exception:
             return None  # Unreadable: no session, as Beaker's.
         return self._live_record(encoded)

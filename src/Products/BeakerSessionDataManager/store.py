@@ -6,6 +6,7 @@ key ``session``: the session dict (user keys plus ``_creation_time`` and
 ``beaker.session.Session`` writes it.  Sessions written by Beaker's own
 middleware and by this product can therefore share a store.
 """
+import io
 import os
 import pickle
 import threading
@@ -50,13 +51,33 @@ MAX_REMEMBERED = 16
 REMOVABLE = FILE_LOCKED + (SqlaNamespaceManager,)
 
 
+class PlainUnpickler(pickle.Unpickler):
+    """Loads plain data only: dicts, lists, strings, numbers.
+
+    Beaker wraps every record in a pickle (a file's or row's dict, a
+    Redis value), which holds nothing else.  Looking up no class or
+    function, this unpickler runs no code that whoever can write to the
+    store put there.
+    """
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(
+            'only plain data is read from the store, not %s.%s'
+            % (module, name))
+
+
+def plain_loads(data):
+    """``pickle.loads`` for the store's pickles (see PlainUnpickler)."""
+    return PlainUnpickler(io.BytesIO(data)).load()
+
+
 def pickled_dict(data):
     """The dict pickled in ``data``, a session's file or row as Beaker
     writes it; empty if it holds no dict, None if it cannot be unpickled
-    at all (a file a crash cut short, a row written by Python 2 or holding
-    a class since removed)."""
+    as plain data (a file a crash cut short, a row written by Python 2,
+    one that refers to a class or function)."""
     try:
-        contents = pickle.loads(data)
+        contents = plain_loads(data)
     except Exception:
         return None
     return contents if isinstance(contents, dict) else {}

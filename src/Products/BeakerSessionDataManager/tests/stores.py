@@ -9,6 +9,7 @@ with that store instead of the file store.
 """
 import functools
 import os
+import pickle
 import secrets
 import shutil
 import tempfile
@@ -33,6 +34,26 @@ SQL_TYPES = {
 # this product left it: Python 3 cannot decode the str as ASCII.
 PYTHON2_ROW = (b"(dp0\nS'session'\np1\n(dp2\nS'name'\np3\n"
                b"S'J\\xfcrgen'\np4\nss.")
+
+
+# What RUNS_CODE calls when it is unpickled.
+CALLS = []
+
+
+def called(*args):
+    CALLS.append(args)
+    return {}
+
+
+class CallsWhenUnpickled:
+
+    def __reduce__(self):
+        return called, ('unpickled',)
+
+
+# A pickle that runs code when it is loaded, as one that someone who can
+# write to the store would plant.
+RUNS_CODE = pickle.dumps(CallsWhenUnpickled())
 
 
 def age(store, session_id, seconds):

@@ -23,6 +23,7 @@ from Products.BeakerSessionDataManager.cleanup import Cleanup
 from Products.BeakerSessionDataManager.cleanup import layout_for
 from Products.BeakerSessionDataManager.cleanup import lock_name
 from Products.BeakerSessionDataManager.cleanup import walk
+from Products.BeakerSessionDataManager.store import RECORD_KEY
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests import stores
 
@@ -277,6 +278,42 @@ def test_damaged_rows_go_once_old(configuration):
     assert report.removed == {'damaged': 2}
     assert report.kept == {}
     assert stored(configuration) == set(damaged[2:])
+
+
+def test_records_that_would_run_code(configuration, store_type):
+    """A file, dbm value or row whose pickle would call a function: never
+    loaded, and removed once old; nor is a planted last-cleanup row."""
+    planted = new_ids(3)
+    write(configuration, planted, LONG_AGO)
+    store = configuration.store
+    layout = layout_for(configuration)
+    for session_id in planted:
+        if store_type == 'file':
+            with open(store.path(session_id), 'wb') as f:
+                f.write(stores.RUNS_CODE)
+        elif store_type == 'dbm':
+            namespace = store._namespace(session_id)
+            namespace.acquire_write_lock()
+            try:
+                namespace.dbm[RECORD_KEY] = stores.RUNS_CODE
+            finally:
+                namespace.release_write_lock()
+    if store_type not in ('file', 'dbm'):
+        stores.overwrite_rows(layout.bind.url, layout.table.name, planted,
+                              stores.RUNS_CODE)
+    backdate(configuration, planted[:2])
+    stores.CALLS.clear()
+
+    report = clean(configuration)
+
+    assert sum(report.removed.values()) == 2
+    assert stored(configuration) == set(planted[2:])
+    if store_type not in ('file', 'dbm'):
+        stores.overwrite_rows(layout.bind.url, layout.table.name,
+                              ['beaker-sessions:last-cleanup'],
+                              stores.RUNS_CODE)
+        assert status.last_cleanup(configuration) is None
+    assert stores.CALLS == []
 
 
 def test_records_without_access_time_stay(configuration):

@@ -122,8 +122,9 @@ class EncryptionConfigurationTests(unittest.TestCase):
 
 
 class JsonSerializerTests(unittest.TestCase):
-    """``session.data_serializer json``: no code runs when a record is
-    read; what JSON cannot hold is a bug (500), not an outage (503)."""
+    """``session.data_serializer json``: values are what JSON holds; what
+    it cannot hold is a bug (500), not an outage (503).  (That the pickle
+    around every record runs no code: test_stores.UnpicklableData.)"""
 
     def setUp(self):
         self.addCleanup(setattr, config, '_current', config._current)

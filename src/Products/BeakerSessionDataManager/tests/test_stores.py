@@ -230,8 +230,9 @@ class FileCutShortTests(PublishingTestCase):
 
 class UnpicklableData:
     """Stored data whose pickle this Python cannot load: written by Python
-    2 (2.x of this product), or holding a class since removed.  Each store's
-    class puts it where the store keeps the session (``damage``)."""
+    2 (2.x of this product), or holding a class since removed; or that
+    would run code if it were loaded.  Each store's class puts it where the
+    store keeps the session (``damage``)."""
 
     # The pickle of an instance of no_such.module.x.C.
     GONE_CLASS = (b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00"
@@ -255,6 +256,11 @@ class UnpicklableData:
 
     def test_data_of_a_class_gone(self):
         self.assert_fresh_session_after(self.GONE_CLASS)
+
+    def test_data_that_would_run_code(self):
+        self.addCleanup(stores.CALLS.clear)
+        self.assert_fresh_session_after(stores.RUNS_CODE)
+        self.assertEqual(stores.CALLS, [])
 
 
 class TestUnpicklableFile(UnpicklableData, PublishingTestCase):
@@ -295,6 +301,47 @@ for _name in stores.SQL_TYPES:
         (SqlRowUnpicklable, PublishingTestCase),
         {'layer': stores.LAYERS[_name]})
 del _name
+
+
+class RedisUnpicklable(UnpicklableData):
+
+    def damage(self, session_id, data):
+        import redis
+        options = self.layer['beaker_configuration'].options
+        urls = options['url'].split(',')
+        client = (redis.Redis.from_url(urls[0]) if len(urls) == 1 else
+                  redis.RedisCluster.from_url(urls[0]))
+        try:
+            client.set('beaker_cache:%s:%s' % (session_id, RECORD_KEY), data)
+        finally:
+            client.close()
+
+
+class TestUnpicklableRedisValue(RedisUnpicklable, PublishingTestCase):
+
+    layer = stores.LAYERS['redis']
+
+
+class TestUnpicklableRedisClusterValue(RedisUnpicklable, PublishingTestCase):
+
+    layer = stores.LAYERS['rediscluster']
+
+
+class TestUnpicklableMemcachedItem(UnpicklableData, PublishingTestCase):
+    """python-memcached unpickles an item whose flags say it is pickled."""
+
+    layer = stores.LAYERS['memcached']
+
+    def damage(self, session_id, data):
+        from Products.BeakerSessionDataManager.memcachedstore import \
+            MemcachedStore
+        host, port = self.layer['beaker_configuration'].options['url'].split(
+            ':')
+        key = MemcachedStore.key(session_id).encode()
+        # Flags 1: python-memcached's _FLAG_PICKLE.
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b'set %s 1 0 %d\r\n%s\r\n' % (key, len(data), data))
+            self.assertEqual(sock.recv(64), b'STORED\r\n')
 
 
 def memcached_expiry_times(address):
