@@ -29,6 +29,10 @@ BEAKER_KEYS = ('_domain', '_path', '_id')
 # Keys Beaker and this product keep in the record beside the user's data.
 INTERNAL_KEYS = frozenset((CREATED, ACCESSED, MODIFIED, ID_ONLY)
                           + BEAKER_KEYS)
+# Stored before a user's key that would read as one of those once any
+# such marks are off (``session['_id']`` is stored as ``~_id``,
+# ``session['~_id']`` as ``~~_id``): stock sessions take any key.
+USER_KEY_MARK = '~'
 # Seconds between access-time writes of a session that is only read (the
 # value Products.Transience uses).
 WRITE_GRANULARITY = 30
@@ -73,6 +77,19 @@ def expired(record, timeout, now=None):
     return (time.time() if now is None else now) - accessed > timeout
 
 
+def is_marked(key):
+    """Whether ``key``, stored, is a user's key that bears the mark."""
+    return (type(key) is str and key[:1] == USER_KEY_MARK
+            and key.lstrip(USER_KEY_MARK) in INTERNAL_KEYS)
+
+
+def stored_key(key):
+    """The key under which the user's ``key`` is stored."""
+    if type(key) is str and key.lstrip(USER_KEY_MARK) in INTERNAL_KEYS:
+        return USER_KEY_MARK + key
+    return key
+
+
 def split_record(record):
     """Separate the user's data from Beaker's bookkeeping keys: returns
     (data, creation time, access time, modification time, browser id
@@ -83,6 +100,9 @@ def split_record(record):
     for key in BEAKER_KEYS:
         if key in data:
             del data[key]
+    if any(map(is_marked, data)):
+        data = {key[1:] if is_marked(key) else key: value
+                for key, value in data.items()}
     return (data,) + times
 
 
@@ -210,10 +230,10 @@ class BeakerSessionData(Implicit):
             record = {key: value for key, value in record.items()
                       if key in INTERNAL_KEYS}
         for key in self._deleted:
-            record.pop(key, None)
+            record.pop(stored_key(key), None)
         for key in self._changed:
             if key in self._data:
-                record[key] = self._data[key]
+                record[stored_key(key)] = self._data[key]
         record[ACCESSED] = now
         if self._id_only:
             record[ID_ONLY] = True
@@ -221,7 +241,15 @@ class BeakerSessionData(Implicit):
             record.pop(ID_ONLY, None)
         if self._last_modified is not None:
             record[MODIFIED] = self._last_modified
-        return record
+        # The user's keys in the order this request has them, as a stock
+        # session keeps them; keys other writers added meanwhile after.
+        ordered = {}
+        for key in self._data:
+            key = stored_key(key)
+            if key in record:
+                ordered[key] = record[key]
+        ordered.update(record)
+        return ordered
 
     def _stored(self, record):
         """The transaction committed ``record``: it is our state now."""

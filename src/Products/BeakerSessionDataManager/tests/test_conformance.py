@@ -237,6 +237,60 @@ return 'ok'
         self.get(browser, '/clear')
         self.assertEqual(self.get(browser, '/show_keys'), '[]')
 
+    def test_keys_keep_their_order(self):
+        self.addSetter()
+        self.addScript('set_keys', '''\
+session = container.REQUEST.SESSION
+for key in ['k5', 'k1', 'k7', 'k0', 'k3', 'k6', 'k2', 'k4']:
+    session[key] = 1
+return 'ok'
+''')
+        self.addScript('keys_in_order', '''\
+return ' '.join(container.REQUEST.SESSION.keys())
+''')
+        self.addScript('move_k1', '''\
+session = container.REQUEST.SESSION
+del session['k1']
+session['k1'] = 2
+return 'ok'
+''')
+        browser = self.browser()
+        self.get(browser, '/set_keys')
+        self.forgetCachedObjects()
+        self.assertEqual(self.get(browser, '/keys_in_order'),
+                         'k5 k1 k7 k0 k3 k6 k2 k4')
+        self.get(browser, '/move_k1')
+        self.get(browser, '/set_value', key='k7', value='changed')
+        self.get(browser, '/set_value', key='new', value='last')
+        self.forgetCachedObjects()
+        self.assertEqual(self.get(browser, '/keys_in_order'),
+                         'k5 k7 k0 k3 k6 k2 k4 k1 new')
+
+    def test_keys_named_like_the_stores_bookkeeping(self):
+        # Beaker's record keeps its own keys beside the user's.
+        keys = ['_creation_time', '_accessed_time', '_modified_time',
+                '_browser_id_only', '_id', '_path', '_domain', '~_id',
+                '~~_path', '~x', '~']
+        self.addReader()
+        self.addScript('set_keys', '''\
+session = container.REQUEST.SESSION
+for key in %r:
+    session[key] = 'mine'
+return 'ok'
+''' % keys)
+        self.addScript('metadata', '''\
+session = container.REQUEST.SESSION
+return ' '.join([same_type(session.getCreated(), 1.0) and 'float' or '?',
+                 same_type(session.getLastAccessed(), 1.0) and 'float' or '?',
+                 same_type(session.getId(), '') and 'str' or '?'])
+''')
+        browser = self.browser()
+        self.get(browser, '/set_keys')
+        self.forgetCachedObjects()
+        self.assertEqual(self.get(browser, '/show_keys'),
+                         repr(sorted((key, 'mine') for key in keys)))
+        self.assertEqual(self.get(browser, '/metadata'), 'float float str')
+
     # Metadata
 
     def test_getCreated_is_a_float_and_stable(self):
