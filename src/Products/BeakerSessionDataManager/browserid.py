@@ -160,22 +160,22 @@ class BeakerBrowserIdManager(Implicit):
         """See IBrowserIdManager: true if the browser has not sent it yet."""
         return self._existing_session()._is_new
 
+    # The next three answer 1 or None, as stock's.
+
     @security.protected(access_contents_information)
     def isBrowserIdFromCookie(self):
         """See IBrowserIdManager: Beaker ids only ever come from cookies."""
-        return not self._existing_session()._is_new
+        return None if self._existing_session()._is_new else 1
 
     @security.protected(access_contents_information)
     def isBrowserIdFromForm(self):
         """See IBrowserIdManager: never, ids are not taken from forms."""
         self._existing_session()
-        return False
 
     @security.protected(access_contents_information)
     def isBrowserIdFromUrl(self):
         """See IBrowserIdManager: never, ids are not taken from URLs."""
         self._existing_session()
-        return False
 
     @security.protected(access_contents_information)
     def getBrowserIdNamespaces(self):

@@ -81,7 +81,7 @@ class SessionWriter:
         now = time.time()
         if session._read_mutables:
             session._collect_mutations()
-        if not session._needs_write(now):
+        if not session._needs_write():
             return
         try:
             self._written = self.store.merge(

@@ -212,13 +212,24 @@ class BeakerSessionData(Implicit):
         return bool(self._changed or self._deleted or self._cleared
                     or self._invalid or self._mutated_keys())
 
-    def _needs_write(self, now):
+    def _access(self):
+        """The session is handed out: a new one, or one last accessed over
+        the write granularity ago, is accessed now, as stock's container
+        records it (``getLastAccessed()`` tells at once); the commit writes
+        the time."""
+        now = time.time()
+        if self._is_new or \
+                now - self._last_accessed > self._write_granularity:
+            self._last_accessed = now
+            self._touched = True
+            self._register()
+
+    def _needs_write(self):
         """Whether the commit writes; values changed in place count once
         ``_collect_mutations`` made them changed keys (each check fingerprints
         every mutable value read)."""
         return (self._is_new or self._touched or self._changed
-                or self._deleted or self._cleared or self._invalid
-                or now - self._last_accessed > self._write_granularity)
+                or self._deleted or self._cleared or self._invalid)
 
     def _apply_to(self, record, now):
         """Return ``record`` (latest stored state) with our changes."""
@@ -315,7 +326,8 @@ class BeakerSessionData(Implicit):
         self._register()
 
     def isValid(self):
-        return 0 if self._invalid else 1
+        # Stock's answers: 1, or None once invalidated.
+        return None if self._invalid else 1
 
     def getLastAccessed(self):
         return self._last_accessed

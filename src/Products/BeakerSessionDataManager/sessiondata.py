@@ -98,20 +98,25 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
 
     @security.protected(access_session_data)
     def getSessionData(self, create=1):
-        """See ISessionDataManager."""
+        """See ISessionDataManager: without ``create``, still a session if
+        the browser has an id, as with stock sessions."""
         session = self._browser_session(create=create)
-        if session is not None and session._id_only:
-            if not create:
-                return None
+        if session is None:
+            return None
+        if session._id_only:
             # The browser had an id (getBrowserId); now it has a session.
             session._id_only = False
+            session._touched = True
             session._register()
-        return session.__of__(self) if session is not None else None
+        return session.__of__(self)
 
     @security.protected(access_session_data)
     def hasSessionData(self):
         """See ISessionDataManager: answered without creating a session."""
-        return self.getSessionData(create=0) is not None
+        session = self._browser_session(create=0)
+        if session is None:
+            return 0  # No browser id: stock's answer.
+        return not session._id_only
 
     @security.protected(access_user_session_data)
     def getSessionDataByKey(self, key):
@@ -283,13 +288,9 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         else:
             granularity = configuration.write_granularity
             timeout = configuration.timeout
-        now = time.time()
-        session = BeakerSessionData(session_id, record, granularity, now,
-                                    store, timeout)
-        if session._needs_write(now):
-            # New, or last accessed before the write granularity: the
-            # commit records this access.
-            session._register()
+        session = BeakerSessionData(session_id, record, granularity,
+                                    time.time(), store, timeout)
+        session._access()
         return session
 
     def _create(self, request):

@@ -418,6 +418,58 @@ return repr(bool(context.session_data_manager.hasSessionData()))
         self.assertIn(self.cookie_name, browser.cookies)
         self.assertEqual(self.get(browser, '/has_session'), 'False')
 
+    def test_answers_of_stock_types(self):
+        # Compared with ==, these hold anyway; add-ons may print them.
+        self.addScript('answers', '''\
+sdm = context.session_data_manager
+bim = sdm.getBrowserIdManager()
+result = [sdm.hasSessionData()]
+session = container.REQUEST.SESSION
+result.append(session.isValid())
+result += [bim.isBrowserIdNew(), bim.isBrowserIdFromCookie(),
+           bim.isBrowserIdFromForm(), bim.isBrowserIdFromUrl()]
+session.invalidate()
+result.append(session.isValid())
+return repr(result)
+''')
+        self.addScript('from_cookie', '''\
+bim = context.session_data_manager.getBrowserIdManager()
+bim.getBrowserId()
+return repr([bim.isBrowserIdNew(), bim.isBrowserIdFromCookie()])
+''')
+        browser = self.browser()
+        self.assertEqual(self.get(browser, '/answers'),
+                         '[0, 1, True, None, None, None, None]')
+        self.get(browser, '/from_cookie')
+        self.assertEqual(self.get(browser, '/from_cookie'), '[False, 1]')
+
+    def test_getSessionData_without_create_after_a_browser_id(self):
+        # Stock hands out a session for any browser id.
+        self.addScript('get_no_create', '''\
+sdm = context.session_data_manager
+return repr([sdm.hasSessionData(), sdm.getSessionData(create=0) is None,
+             sdm.hasSessionData()])
+''')
+        browser = self.browser()
+        self.browserId(browser)
+        self.assertEqual(self.get(browser, '/get_no_create'),
+                         '[False, False, True]')
+        self.forgetCachedObjects()
+        self.assertEqual(self.get(browser, '/get_no_create'),
+                         '[True, False, True]')
+
+    def test_SESSION_after_a_browser_id_alone_is_a_session(self):
+        self.addScript('has_session', '''\
+return repr(bool(context.session_data_manager.hasSessionData()))
+''')
+        self.addScript('read_session', '''\
+return container.REQUEST.SESSION.getContainerKey()
+''')
+        browser = self.browser()
+        browser_id = self.browserId(browser)
+        self.assertEqual(self.get(browser, '/read_session'), browser_id)
+        self.assertEqual(self.get(browser, '/has_session'), 'True')
+
     def test_reading_SESSION_starts_a_session_that_keeps_its_key(self):
         self.addScript('container_key', '''\
 return container.REQUEST.SESSION.getContainerKey()

@@ -165,9 +165,9 @@ except BrowserIdManagerErr:
 """)
         transaction.commit()
         self.assertEqual(self.browser.get('/bid').text,
-                         'beaker.session.id True True False True')
+                         'beaker.session.id True True None True')
         self.assertEqual(self.browser.get('/bid').text,
-                         'beaker.session.id True False True True')
+                         'beaker.session.id True False 1 True')
         self.assertEqual(self.browser.get('/encode').text, 'refused')
 
     def test_regenerate_session_id_keeps_data(self):
@@ -318,7 +318,7 @@ return ' '.join(result)
         transaction.commit()
         response = self.browser.get('/refusals')
         self.assertEqual(response.text,
-                         "no id yet False False ('cookies',) refused refused")
+                         "no id yet None None ('cookies',) refused refused")
         [cookie] = self.cookie(response)
         self.assertIn('Max-Age=0', cookie)
 

@@ -12,6 +12,7 @@ import transaction
 from Products.BeakerSessionDataManager.session import BeakerSessionData
 from Products.BeakerSessionDataManager.session import fingerprint
 from Products.BeakerSessionDataManager.store import BeakerStore
+from Products.BeakerSessionDataManager.tests.stores import age
 
 
 SESSION_ID = 'a' * 32
@@ -32,8 +33,7 @@ class SessionTestCase(unittest.TestCase):
         """The session as a new request would load it."""
         session = BeakerSessionData(session_id, self.store.load(session_id),
                                     store=self.store, timeout=1200)
-        if session._is_new:
-            session._register()
+        session._access()
         return session
 
     def stored(self, session_id=SESSION_ID):
@@ -168,16 +168,26 @@ class WriteTests(SessionTestCase):
         self.assertEqual(self.store.load(SESSION_ID), before)
 
     def test_access_time_refreshed_after_granularity(self):
-        session = self.session()
+        self.session()
         transaction.commit()
+        age(self.store, SESSION_ID, 60)
         old = self.store.load(SESSION_ID)['_accessed_time']
         reader = self.session()
-        reader._last_accessed -= 60
-        reader.get('a')
-        reader._register()
+        # Accessed when handed out, as stock's container records it.
+        self.assertGreater(reader.getLastAccessed(), old + 59)
         transaction.commit()
-        self.assertGreater(self.store.load(SESSION_ID)['_accessed_time'], old)
-        self.assertIsNotNone(session)
+        self.assertEqual(self.store.load(SESSION_ID)['_accessed_time'],
+                         reader.getLastAccessed())
+
+    def test_access_time_kept_within_granularity(self):
+        self.session()
+        transaction.commit()
+        age(self.store, SESSION_ID, 10)
+        before = self.store.load(SESSION_ID)
+        reader = self.session()
+        self.assertEqual(reader.getLastAccessed(), before['_accessed_time'])
+        transaction.commit()
+        self.assertEqual(self.store.load(SESSION_ID), before)
 
     def test_concurrent_requests_writing_different_keys(self):
         first = self.session()
