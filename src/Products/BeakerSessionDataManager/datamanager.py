@@ -23,6 +23,7 @@ from .interfaces import SessionStoreError
 from .interfaces import SessionValueError
 from .outages import describe
 from .outages import outage_log
+from .references import zodb_connection
 
 
 @implementer(IDataManager)
@@ -84,9 +85,10 @@ class SessionWriter:
         if not session._needs_write():
             return
         try:
-            self._written = self.store.merge(
-                session.getContainerKey(),
-                lambda record: session._apply_to(record, now))
+            with zodb_connection(session._zodb_connection):
+                self._written = self.store.merge(
+                    session.getContainerKey(),
+                    lambda record: session._apply_to(record, now))
         except (ConflictError, SessionValueError):
             raise
         except Exception as exc:

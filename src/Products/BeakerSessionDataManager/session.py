@@ -5,7 +5,6 @@ the request changes, so that the transaction data manager can write just
 those changes onto the latest stored state at commit.
 """
 import marshal
-import pickle
 import time
 from hashlib import sha256
 
@@ -15,6 +14,7 @@ from Acquisition import Implicit
 from Acquisition import aq_base
 from zope.interface import implementer
 
+from . import references
 from .datamanager import SessionWriter
 from .interfaces import IBeakerSessionData
 
@@ -56,14 +56,15 @@ def fingerprint(value):
 
     marshal takes the builtin types (the usual session values) several
     times faster than pickle; version 2 writes no back references, which
-    would depend on reference counts.  Other types are pickled.
+    would depend on reference counts.  Other types are pickled, ZODB
+    objects as references: their own changes are the ZODB's to save.
     """
     try:
         return marshal.dumps(value, 2)
     except ValueError:
         pass
     try:
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        return references.dumps(value)
     except Exception:
         return None
 
@@ -144,6 +145,9 @@ class BeakerSessionData(Implicit):
         self._store = store
         self._timeout = timeout
         self._writer = None
+        # Where the ZODB objects in its values are looked up (see
+        # references.py); the manager's.
+        self._zodb_connection = None
 
     def _forget_changes(self):
         self._changed = set()
@@ -279,7 +283,7 @@ class BeakerSessionData(Implicit):
         self._forget_changes()
 
     def _snapshot(self):
-        return (pickle.dumps(self._data, pickle.HIGHEST_PROTOCOL),
+        return (references.dumps(self._data),
                 set(self._changed), set(self._deleted), self._cleared,
                 dict(self._read_mutables), self._invalid,
                 self._last_modified)
@@ -288,7 +292,8 @@ class BeakerSessionData(Implicit):
         self._changing_data()
         (data, self._changed, self._deleted, self._cleared,
          self._read_mutables, self._invalid, self._last_modified) = snapshot
-        self._data = pickle.loads(data)
+        with references.zodb_connection(self._zodb_connection):
+            self._data = references.loads(data)
         self._changed = set(self._changed)
         self._deleted = set(self._deleted)
         self._read_mutables = dict(self._read_mutables)

@@ -38,6 +38,7 @@ from .outages import outage_log
 from .permissions import access_session_data
 from .permissions import access_user_session_data
 from .permissions import change_session_data_managers
+from .references import zodb_connection
 from .session import WRITE_GRANULARITY
 from .session import BeakerSessionData
 from .store import MiddlewareStore
@@ -269,7 +270,8 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
 
     def _load_from(self, store, session_id, configuration):
         try:
-            record = store.load(session_id)
+            with zodb_connection(self._p_jar):
+                record = store.load(session_id)
         except Exception as exc:
             outage_log.failed(store.name, 'read from', exc)
             raise SessionStoreError(
@@ -290,6 +292,7 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             timeout = configuration.timeout
         session = BeakerSessionData(session_id, record, granularity,
                                     time.time(), store, timeout)
+        session._zodb_connection = self._p_jar
         session._access()
         return session
 

@@ -30,6 +30,7 @@ import transaction
 from ZODB.POSException import ConflictError
 from zope.interface import implementer
 
+from . import references
 from .interfaces import ISessionStore
 from .interfaces import SessionValueError
 from .session import expired
@@ -124,8 +125,9 @@ class BeakerStore:
             self._dumps, self._loads = self.serializer.dumps, \
                 self.serializer.loads
         else:
-            self._dumps = partial(pickle.dumps, protocol=2)
-            self._loads = pickle.loads
+            # ZODB objects as references (see references.py).
+            self._dumps = partial(references.dumps, protocol=2)
+            self._loads = references.loads
         self.encrypt_key = encrypt_key
         self.validate_key = validate_key
         if encrypt_key:

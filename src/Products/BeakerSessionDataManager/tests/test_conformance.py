@@ -10,6 +10,7 @@ documented and pinned in ``TestDeliberateDifferences``.
 import unittest
 
 import transaction
+from OFS.Folder import manage_addFolder
 from Products.Five import BrowserView
 from Products.PageTemplates.ZopePageTemplate import manage_addPageTemplate
 from Products.PythonScripts.PythonScript import manage_addPythonScript
@@ -674,6 +675,68 @@ def on_store(name):
 for _name in stores.STORES:
     if _name != 'file':
         globals()['TestBeakerSessionsOn_%s' % _name] = on_store(_name)
+del _name
+
+
+class ZODBObjectScenarios:
+    """An object of the ZODB kept in the session stays that object, as in
+    stock sessions (which live in a ZODB): a later request finds it as the
+    ZODB has it then, not a copy from when it was stored."""
+
+    def setUp(self):
+        super().setUp()
+        manage_addFolder(self.app, 'shelf', title='before')
+        transaction.commit()
+        self.addScript('keep_shelf', '''\
+session = container.REQUEST.SESSION
+session['shelf'] = context.shelf
+session['things'] = [context.shelf, 'and more']
+return 'ok'
+''')
+        self.addScript('show_shelf', '''\
+session = container.REQUEST.SESSION
+shelf = session['shelf']
+return '%s %s %s' % (shelf.title, session['things'][0].getId(),
+                     shelf is session['things'][0])
+''')
+
+    def test_object_of_the_zodb(self):
+        browser = self.browser()
+        self.get(browser, '/keep_shelf')
+        self.app.shelf.title = 'after'
+        transaction.commit()
+        self.forgetCachedObjects()
+        self.assertEqual(self.get(browser, '/show_shelf'), 'after shelf True')
+
+
+class TestStockZODBObjects(ZODBObjectScenarios, PublishingTestCase):
+
+    layer = testing.STOCK_SESSIONS_FUNCTIONAL_TESTING
+
+
+def zodb_objects_on(name):
+    """ZODBObjectScenarios on store ``name``."""
+
+    def test_kept_by_a_writer_without_the_zodb(self):
+        # A merge where no ZODB is at hand (here: the test's) keeps the
+        # reference as it was.
+        browser = self.browser()
+        self.get(browser, '/keep_shelf')
+        store = self.layer['beaker_configuration'].store
+        stores.age(store, self.browserId(browser), 5)
+        self.assertEqual(self.get(browser, '/show_shelf'),
+                         'before shelf True')
+
+    return type('TestZODBObjectsOn_%s' % name,
+                (ZODBObjectScenarios, PublishingTestCase), {
+                    'layer': stores.LAYERS[name],
+                    'test_kept_by_a_writer_without_the_zodb':
+                        test_kept_by_a_writer_without_the_zodb,
+                })
+
+
+for _name in stores.STORES:
+    globals()['TestZODBObjectsOn_%s' % _name] = zodb_objects_on(_name)
 del _name
 
 

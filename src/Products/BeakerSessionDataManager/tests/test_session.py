@@ -8,7 +8,12 @@ import unittest
 from beaker.container import FileNamespaceManager
 
 import transaction
+from OFS.Folder import Folder
+from ZODB import DB
+from ZODB.utils import p64
 
+from Products.BeakerSessionDataManager import references
+from Products.BeakerSessionDataManager.references import zodb_connection
 from Products.BeakerSessionDataManager.session import BeakerSessionData
 from Products.BeakerSessionDataManager.session import fingerprint
 from Products.BeakerSessionDataManager.store import BeakerStore
@@ -361,3 +366,59 @@ class WriteTests(SessionTestCase):
         self.assertIn('could not be saved', str(caught.exception))
         transaction.abort()
         self.assertNotIn('a', session)
+
+
+class ZODBObjectTests(SessionTestCase):
+    """Objects of a ZODB are kept as references (see references.py)."""
+
+    def setUp(self):
+        super().setUp()
+        self.db = DB(None)
+        self.addCleanup(self.db.close)
+        self.connection = self.db.open()
+        self.addCleanup(self.connection.close)
+        self.shelf = Folder('shelf')
+        self.shelf.contents = 'x' * 100000
+        self.connection.root()['shelf'] = self.shelf
+        transaction.commit()
+
+    def session(self, session_id=SESSION_ID):
+        with zodb_connection(self.connection):
+            session = super().session(session_id)
+        session._zodb_connection = self.connection
+        return session
+
+    def test_a_savepoint_rollback_keeps_the_object(self):
+        session = self.session()
+        session['shelf'] = self.shelf
+        savepoint = transaction.savepoint()
+        session['shelf'] = 'replaced'
+        savepoint.rollback()
+        self.assertIs(session['shelf'], self.shelf)
+
+    def test_the_object_is_not_pickled_with_its_contents(self):
+        session = self.session()
+        session['things'] = [self.shelf]
+        self.assertLess(len(fingerprint(session['things'])), 100)
+        transaction.commit()
+        self.assertLess(
+            os.path.getsize(self.store._namespace(SESSION_ID).file), 1000)
+        self.assertIs(self.session()['things'][0], self.shelf)
+
+    def test_read_without_a_connection(self):
+        session = self.session()
+        session['shelf'] = self.shelf
+        transaction.commit()
+        reference = self.store.load(SESSION_ID)['shelf']
+        self.assertEqual(repr(reference), '<ZODBReference unnamed:0x1>')
+        self.assertEqual(references.loads(references.dumps(reference)),
+                         reference)
+
+    def test_an_object_that_cannot_be_found(self):
+        session = self.session()
+        gone = references.ZODBReference(('unnamed', p64(999)))
+        elsewhere = references.ZODBReference(('no such database', p64(1)))
+        session.update({'gone': gone, 'elsewhere': elsewhere, 'a': 1})
+        transaction.commit()
+        self.assertEqual(self.session().items(),
+                         [('gone', gone), ('elsewhere', elsewhere), ('a', 1)])
