@@ -14,8 +14,8 @@ Zope does not have), a reference loads as a ``ZODBReference``, which
 pickles back to the same reference: the rest of the session stays usable.
 """
 import io
+import marshal
 import pickle
-from contextlib import contextmanager
 from contextvars import ContextVar
 
 from persistent import Persistent
@@ -24,15 +24,21 @@ from persistent import Persistent
 _connection = ContextVar('zodb_connection', default=None)
 
 
-@contextmanager
-def zodb_connection(connection):
+class zodb_connection:
     """Load references through ``connection`` (a ZODB connection of the
-    request, or None) in this block."""
-    token = _connection.set(connection)
-    try:
-        yield
-    finally:
-        _connection.reset(token)
+    request, or None) in this block (a class: a generator costs more on
+    every request)."""
+
+    __slots__ = ('connection', 'token')
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def __enter__(self):
+        self.token = _connection.set(self.connection)
+
+    def __exit__(self, *exc_info):
+        _connection.reset(self.token)
 
 
 class ZODBReference:
@@ -80,11 +86,26 @@ class ReferenceUnpickler(pickle.Unpickler):
         return ZODBReference(reference)
 
 
+# A pickler or unpickler object costs three times a ``pickle.dumps`` or
+# ``loads`` of a small session: the usual values go without.
+
 def dumps(value, protocol=pickle.HIGHEST_PROTOCOL):
-    buffer = io.BytesIO()
-    ReferencePickler(buffer, protocol).dump(value)
-    return buffer.getvalue()
+    try:
+        # Builtin types only (marshal takes no others): no ZODB object.
+        marshal.dumps(value, 2)
+    except ValueError:
+        buffer = io.BytesIO()
+        ReferencePickler(buffer, protocol).dump(value)
+        return buffer.getvalue()
+    return pickle.dumps(value, protocol)
 
 
 def loads(data):
+    # A reference is a BINPERSID (``Q``) opcode; protocol 0 has PERSID,
+    # which pickle.loads refuses.
+    if b'Q' not in data:
+        try:
+            return pickle.loads(data)
+        except pickle.UnpicklingError:
+            pass
     return ReferenceUnpickler(io.BytesIO(data)).load()

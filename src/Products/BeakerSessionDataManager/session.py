@@ -150,7 +150,8 @@ class BeakerSessionData(Implicit):
         self._zodb_connection = None
 
     def _forget_changes(self):
-        self._changed = set()
+        # Keys set, in the order they were set (a dict as an ordered set).
+        self._changed = {}
         self._deleted = set()
         self._cleared = False
         self._read_mutables = {}
@@ -186,8 +187,9 @@ class BeakerSessionData(Implicit):
             self._saved = dict(self._data)
 
     def _changing(self, key):
-        self._changed.add(key)
-        self._deleted.discard(key)
+        # A key deleted, then set again, stays in _deleted: the commit
+        # deletes it first, and sets it last, as a dict orders it.
+        self._changed[key] = None
         self._read_mutables.pop(key, None)
         self._last_modified = time.time()
         self._register()
@@ -209,7 +211,7 @@ class BeakerSessionData(Implicit):
     def _collect_mutations(self):
         """Turn values changed in place into changed keys, once, at commit."""
         for key in self._mutated_keys():
-            self._changed.add(key)
+            self._changed[key] = None
             del self._read_mutables[key]
 
     def _has_changes(self):
@@ -256,15 +258,7 @@ class BeakerSessionData(Implicit):
             record.pop(ID_ONLY, None)
         if self._last_modified is not None:
             record[MODIFIED] = self._last_modified
-        # The user's keys in the order this request has them, as a stock
-        # session keeps them; keys other writers added meanwhile after.
-        ordered = {}
-        for key in self._data:
-            key = stored_key(key)
-            if key in record:
-                ordered[key] = record[key]
-        ordered.update(record)
-        return ordered
+        return record
 
     def _stored(self, record):
         """The transaction committed ``record``: it is our state now."""
@@ -284,7 +278,7 @@ class BeakerSessionData(Implicit):
 
     def _snapshot(self):
         return (references.dumps(self._data),
-                set(self._changed), set(self._deleted), self._cleared,
+                dict(self._changed), set(self._deleted), self._cleared,
                 dict(self._read_mutables), self._invalid,
                 self._last_modified)
 
@@ -294,7 +288,7 @@ class BeakerSessionData(Implicit):
          self._read_mutables, self._invalid, self._last_modified) = snapshot
         with references.zodb_connection(self._zodb_connection):
             self._data = references.loads(data)
-        self._changed = set(self._changed)
+        self._changed = dict(self._changed)
         self._deleted = set(self._deleted)
         self._read_mutables = dict(self._read_mutables)
 
@@ -395,7 +389,7 @@ class BeakerSessionData(Implicit):
         self._changing_data()
         del self._data[key]
         self._changing(key)
-        self._changed.discard(key)
+        del self._changed[key]
         self._deleted.add(key)
 
     delete = __guarded_delitem__ = __delitem__
