@@ -10,6 +10,7 @@ import re
 import secrets
 from datetime import datetime
 from datetime import timedelta
+from datetime import timezone
 from hashlib import sha1
 
 from AccessControl.class_init import InitializeClass
@@ -24,7 +25,8 @@ from zope.interface import implementer
 
 SESSION_ID = re.compile(r'[0-9a-f]{32}\Z').match
 SIGNATURE_LENGTH = 40
-FAR_FUTURE = 10 * 365 * 24 * 3600
+DAY = 24 * 3600
+FAR_FUTURE = 3650 * DAY
 # Cookie values whose signature was checked, remembered so that a browser's
 # next requests cost a dict lookup instead of an HMAC.
 VERIFIED_CACHE_SIZE = 10000
@@ -111,6 +113,19 @@ class SessionCookie:
         response.expireCookie(self.name, **params)
 
 
+def cookie_life_days(expires):
+    """``session.cookie_expires`` as stock's cookie life: whole days, 0 for
+    a cookie that ends with the browser session."""
+    if expires is True:
+        return 0
+    if expires is False:
+        return FAR_FUTURE // DAY
+    if isinstance(expires, datetime):
+        # Beaker writes it as GMT.
+        expires = expires - datetime.now(timezone.utc).replace(tzinfo=None)
+    return max(int(expires.total_seconds() // DAY), 0)
+
+
 @implementer(IBrowserIdManager)
 class BeakerBrowserIdManager(Implicit):
     """Answers the browser id manager questions for Beaker sessions.
@@ -153,7 +168,7 @@ class BeakerBrowserIdManager(Implicit):
     @security.protected(access_contents_information)
     def getBrowserIdName(self):
         """See IBrowserIdManager: the name of the session cookie."""
-        return self._manager()._configuration().cookie.name
+        return self._cookie().name
 
     @security.protected(access_contents_information)
     def isBrowserIdNew(self):
@@ -181,6 +196,46 @@ class BeakerBrowserIdManager(Implicit):
     def getBrowserIdNamespaces(self):
         """Where browser ids are looked for: cookies only."""
         return ('cookies',)
+
+    @security.protected(access_contents_information)
+    def isUrlInBidNamespaces(self):
+        """See IBrowserIdManager: never."""
+        return False
+
+    @security.protected(access_contents_information)
+    def getAutoUrlEncoding(self):
+        """Never: ids are not put in URLs."""
+        return False
+
+    # The cookie, as stock's manager describes its own (set here by the
+    # session.* options, not by setters).
+
+    def _cookie(self):
+        return self._manager()._configuration().cookie
+
+    @security.protected(access_contents_information)
+    def getCookiePath(self):
+        return self._cookie().path
+
+    @security.protected(access_contents_information)
+    def getCookieDomain(self):
+        return self._cookie().domain or ''
+
+    @security.protected(access_contents_information)
+    def getCookieLifeDays(self):
+        return cookie_life_days(self._cookie().expires)
+
+    @security.protected(access_contents_information)
+    def getCookieHTTPOnly(self):
+        return bool(self._cookie().httponly)
+
+    @security.protected(access_contents_information)
+    def getCookieSecure(self):
+        return bool(self._cookie().secure)
+
+    @security.protected(access_contents_information)
+    def getCookieSameSite(self):
+        return self._cookie().samesite
 
     @security.protected(access_contents_information)
     def flushBrowserIdCookie(self):

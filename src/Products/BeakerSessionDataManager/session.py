@@ -319,6 +319,10 @@ class BeakerSessionData(Implicit):
         """The browser id, under which the session is stored."""
         return self._id
 
+    # Stock sessions' attributes (``request/SESSION/id`` in templates).
+    id = property(getId)
+    token = property(getContainerKey)
+
     def invalidate(self):
         """Forget the session: its record is deleted at commit."""
         self._invalid = True

@@ -2,10 +2,12 @@
 import unittest
 from datetime import datetime
 from datetime import timedelta
+from datetime import timezone
 
 from ZPublisher.HTTPResponse import HTTPResponse
 
 from Products.BeakerSessionDataManager.browserid import SessionCookie
+from Products.BeakerSessionDataManager.browserid import cookie_life_days
 
 
 SECRET = 'Qv3s9dJk2LmN8pRt5WxYz1AbCdEfGhIjKl'
@@ -68,3 +70,17 @@ class SessionCookieTests(unittest.TestCase):
         header = dict(response._cookie_list())['Set-Cookie']
         self.assertIn('Max-Age=0', header)
         self.assertIn('Domain=example.com', header)
+
+
+class CookieLifeDaysTests(unittest.TestCase):
+    """getCookieLifeDays() from each form of session.cookie_expires."""
+
+    def test_forms(self):
+        self.assertEqual(cookie_life_days(True), 0)
+        self.assertEqual(cookie_life_days(False), 3650)
+        self.assertEqual(cookie_life_days(timedelta(days=3, hours=5)), 3)
+        self.assertEqual(cookie_life_days(timedelta(hours=5)), 0)
+        self.assertEqual(cookie_life_days(
+            datetime.now(timezone.utc).replace(tzinfo=None)
+            + timedelta(days=7, hours=1)), 7)
+        self.assertEqual(cookie_life_days(datetime(2000, 1, 1)), 0)

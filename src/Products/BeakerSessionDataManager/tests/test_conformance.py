@@ -353,6 +353,22 @@ return repr(key == sdm.getBrowserIdManager().getBrowserId()) + ' ' + key
         self.assertEqual(self.get(browser, '/container_key'), first)
         self.assertEqual(self.browserId(browser), first[len('True '):])
 
+    def test_id_and_token_attributes(self):
+        self.addSetter()
+        self.addScript('attributes', '''\
+session = container.REQUEST.SESSION
+return repr([session.id == session.getId(),
+             session.token == session.getContainerKey()])
+''')
+        self.addTemplate('template_id',
+                         '<span tal:replace="request/SESSION/id"/> '
+                         '<span tal:replace="request/SESSION/getId"/>')
+        browser = self.browser()
+        self.get(browser, '/set_value', key='token', value='a key')
+        self.assertEqual(self.get(browser, '/attributes'), '[True, True]')
+        first, second = self.get(browser, '/template_id').split()
+        self.assertEqual(first, second)
+
     # Invalidation
 
     def test_invalidate(self):
@@ -877,3 +893,19 @@ return '%s %s' % (session.getContainerKey(), session.getId())
         self.assertEqual(
             self.withEach(scenario),
             {'stock': (True, False), 'beaker': (False, False)})
+
+    def test_cookie_settings_of_the_browser_id_manager(self):
+        # Stock's default manager sends no HttpOnly; ours does (README:
+        # Security).
+        self.addScript('cookie_settings', '''\
+bim = context.session_data_manager.getBrowserIdManager()
+return repr([bim.getCookiePath(), bim.getCookieDomain(),
+             bim.getCookieLifeDays(), bim.getCookieHTTPOnly(),
+             bim.getCookieSecure(), bim.getCookieSameSite(),
+             bim.getAutoUrlEncoding(), bim.isUrlInBidNamespaces()])
+''')
+        self.assertEqual(
+            self.withEach(lambda: self.get(self.browser(manager=True),
+                                           '/cookie_settings')),
+            {'stock': "['/', '', 0, False, False, 'Lax', False, False]",
+             'beaker': "['/', '', 0, True, False, 'Lax', False, False]"})
