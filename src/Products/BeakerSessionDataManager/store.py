@@ -159,10 +159,14 @@ class BeakerStore:
         except Exception as exc:
             # A value the serializer cannot take is a bug to fix, not a
             # store outage (503).
+            keys = self._failing_keys(record)
             raise SessionValueError(
-                'The session cannot be stored: a value cannot be %s: %s: %s'
-                % ('encoded as JSON' if isinstance(
-                    self.serializer, JsonSerializer) else 'pickled',
+                'The session cannot be stored: the value%s of %s cannot be '
+                '%s: %s: %s'
+                % ('s' if len(keys) > 1 else '',
+                   ', '.join(map(repr, keys)) or 'a key',
+                   'encoded as JSON' if isinstance(
+                       self.serializer, JsonSerializer) else 'pickled',
                    type(exc).__name__, exc)) from exc
         if not self.encrypt_key:
             return b2a_base64(data, newline=False).decode('ascii')
@@ -171,6 +175,16 @@ class BeakerStore:
         return nonce + b2a_base64(
             self.crypto_module.aesEncrypt(data, self._cipher_key(nonce)),
             newline=False).decode('ascii')
+
+    def _failing_keys(self, record):
+        """The keys of ``record`` whose values the serializer refuses."""
+        keys = []
+        for key, value in record.items():
+            try:
+                self._dumps({key: value})
+            except Exception:
+                keys.append(key)
+        return keys
 
     def decode(self, raw):
         if not self.encrypt_key:

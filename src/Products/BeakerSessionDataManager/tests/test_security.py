@@ -144,7 +144,8 @@ class JsonSerializerTests(unittest.TestCase):
     def test_other_values_fail_the_commit(self):
         with self.assertRaises(SessionValueError) as caught:
             self.store.merge('e' * 32, lambda stored: {'tags': {1, 2}})
-        self.assertIn('cannot be encoded as JSON', str(caught.exception))
+        self.assertIn("the value of 'tags' cannot be encoded as JSON",
+                      str(caught.exception))
         self.assertIsNone(self.store.load('e' * 32))
         self.assertNotIsInstance(caught.exception, SessionStoreError)
 
