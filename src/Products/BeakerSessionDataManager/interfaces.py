@@ -36,11 +36,14 @@ class SessionStoreError(SessionDataManagerErr, HTTPServiceUnavailable):
             'in a little while.</p></body></html>\n')
 
 
-class SessionValueError(SessionDataManagerErr):
+class SessionValueError(SessionDataManagerErr, TypeError):
     """The session cannot be stored as it is: a bug to fix, not an outage.
 
     o Raised when the transaction commits, so the request fails (HTTP
       500) instead of losing the write; nothing is written.
+
+    o A TypeError, as what stock sessions raise when a value cannot be
+      pickled.
     """
 
 

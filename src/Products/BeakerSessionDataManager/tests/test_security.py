@@ -148,6 +148,7 @@ class JsonSerializerTests(unittest.TestCase):
                       str(caught.exception))
         self.assertIsNone(self.store.load('e' * 32))
         self.assertNotIsInstance(caught.exception, SessionStoreError)
+        self.assertIsInstance(caught.exception, TypeError)  # as stock's
 
 
 class RequestDumpTests(unittest.TestCase):
