@@ -1,4 +1,5 @@
 """Beaker's SessionMiddleware in the WSGI pipeline owns the session."""
+import logging
 import os
 import unittest
 
@@ -30,14 +31,16 @@ class MiddlewareTests(unittest.TestCase):
         saved = config._current
         config.reset()
         self.addCleanup(setattr, config, '_current', saved)
+        self.browser = self.pipeline(
+            secret='a middleware secret of enough length')
+
+    def pipeline(self, **options):
         directory = os.path.join(self.layer['beaker_dir'], 'middleware')
+        options = dict({'type': 'file', 'data_dir': directory,
+                        'key': 'mw_session'}, **options)
         pipeline = SessionMiddleware(ZopeWSGIApp(), {
-            'session.type': 'file',
-            'session.data_dir': directory,
-            'session.key': 'mw_session',
-            'session.secret': 'a middleware secret of enough length',
-        })
-        self.browser = webtest.TestApp(
+            'session.' + name: value for name, value in options.items()})
+        return webtest.TestApp(
             pipeline, extra_environ={'HTTP_HOST': 'nohost'})
 
     def set_cookies(self, response):
@@ -56,6 +59,19 @@ class MiddlewareTests(unittest.TestCase):
         self.browser.get('/counter')
         self.browser.get('/fails', status=500)
         self.assertEqual(self.browser.get('/counter').text, '2')
+
+    def test_a_weak_secret_or_none_is_refused(self):
+        # Beaker's middleware takes any; without one it accepts an id the
+        # visitor chooses.
+        for options in ({'secret': 'short'}, {}):
+            browser = self.pipeline(**options)
+            browser.cookies['mw_session'] = '0123456789abcdef' * 2
+            with self.assertLogs(level=logging.ERROR) as logged:
+                browser.get('/counter', status=500)
+            self.assertIn("ConfigurationError: Beaker's SessionMiddleware "
+                          "(zope.ini): beaker.session.secret: ",
+                          '\n'.join(logged.output))
+            self.assertEqual(browser.get('/untouched').text, 'no session')
 
     def test_untouched_request_sends_no_cookie(self):
         response = self.browser.get('/untouched')
