@@ -397,3 +397,25 @@ def get_configuration():
 
 def is_configured():
     return _current is not None
+
+
+_good_middleware_secrets = set()
+
+
+def check_middleware_secret(beaker_session):
+    """Refuse the session of a Beaker middleware (``zope.ini``) whose secret
+    would be refused in zope.conf: Beaker takes any, or none, and then
+    accepts a session id the visitor chose."""
+    params = beaker_session.__dict__.get('_params')
+    if not isinstance(params, dict):
+        return  # Not Beaker's SessionObject: its own concern.
+    name = 'validate_key' if params.get('type') == 'cookie' else 'secret'
+    secret = params.get(name)
+    if secret in _good_middleware_secrets:
+        return
+    try:
+        check_secret(secret, name)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            "Beaker's SessionMiddleware (zope.ini): beaker.%s" % exc) from None
+    _good_middleware_secrets.add(secret)

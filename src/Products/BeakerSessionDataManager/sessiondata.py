@@ -30,7 +30,6 @@ from ZPublisher.BeforeTraverse import unregisterBeforeTraverse
 from . import config
 from .browserid import SESSION_ID
 from .browserid import BeakerBrowserIdManager
-from .interfaces import ConfigurationError
 from .interfaces import IBeakerSessionDataManager
 from .interfaces import SessionDataManagerErr
 from .interfaces import SessionStoreError
@@ -238,12 +237,16 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             sessions = per_manager[self.id] = RequestSessions()
         return sessions
 
-    def _middleware_store(self, request):
+    def _middleware_session(self, request):
+        """The session of Beaker's middleware in the pipeline, or None."""
         environ = getattr(request, 'environ', None) or {}
-        beaker_session = environ.get(MIDDLEWARE_ENVIRON_KEY)
+        return environ.get(MIDDLEWARE_ENVIRON_KEY)
+
+    def _middleware_store(self, request):
+        beaker_session = self._middleware_session(request)
         if beaker_session is None:
             return None
-        check_middleware_secret(beaker_session)
+        config.check_middleware_secret(beaker_session)
         return MiddlewareStore(beaker_session)
 
     def _load_current(self, request):
@@ -312,28 +315,6 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
 
 
 InitializeClass(BeakerSessionDataManager)
-
-
-_good_middleware_secrets = set()
-
-
-def check_middleware_secret(beaker_session):
-    """Refuse the session of a Beaker middleware (``zope.ini``) whose secret
-    would be refused in zope.conf: Beaker takes any, or none, and then
-    accepts a session id the visitor chose."""
-    params = beaker_session.__dict__.get('_params')
-    if not isinstance(params, dict):
-        return  # Not Beaker's SessionObject: its own concern.
-    name = 'validate_key' if params.get('type') == 'cookie' else 'secret'
-    secret = params.get(name)
-    if secret in _good_middleware_secrets:
-        return
-    try:
-        config.check_secret(secret, name)
-    except ConfigurationError as exc:
-        raise ConfigurationError(
-            "Beaker's SessionMiddleware (zope.ini): beaker.%s" % exc) from None
-    _good_middleware_secrets.add(secret)
 
 
 def remove_stale_hooks(container):

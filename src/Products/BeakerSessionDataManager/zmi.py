@@ -23,6 +23,7 @@ from .cleanup import layout_for
 from .interfaces import ConfigurationError
 from .outages import describe
 from .permissions import change_session_data_managers
+from .store import MiddlewareStore
 
 
 MIDDLEWARE = "Beaker's SessionMiddleware (zope.ini)"
@@ -126,7 +127,7 @@ class SessionDataManagerZMI:
     def getSessionOrigin(self):
         """Where this request's session comes from: 'middleware',
         'zope.conf' or None (not configured)."""
-        if self._middleware_store(self.REQUEST) is not None:
+        if self._middleware_session(self.REQUEST) is not None:
             return 'middleware'
         return 'zope.conf' if config.is_configured() else None
 
@@ -137,9 +138,9 @@ class SessionDataManagerZMI:
         Under the middleware: the middleware's options, since the product
         then uses neither its store nor its cookie.
         """
-        middleware = self._middleware_store(self.REQUEST)
-        if middleware is not None:
-            return middleware_rows(middleware.beaker_session)
+        beaker_session = self._middleware_session(self.REQUEST)
+        if beaker_session is not None:
+            return middleware_rows(beaker_session)
         if not config.is_configured():
             return []
         configuration = config.get_configuration()
@@ -147,9 +148,14 @@ class SessionDataManagerZMI:
 
     @security.protected(view_management_screens)
     def getConfigurationError(self):
-        """Why sessions are not configured, as the error says it."""
+        """Why sessions are not configured, or the middleware's session is
+        refused, as the error says it."""
+        beaker_session = self._middleware_session(self.REQUEST)
         try:
-            config.get_configuration()
+            if beaker_session is not None:
+                config.check_middleware_secret(beaker_session)
+            else:
+                config.get_configuration()
         except ConfigurationError as exc:
             return str(exc)
         return None
@@ -287,9 +293,8 @@ class SessionDataManagerZMI:
         return self._load(request, self.getSessionData().getContainerKey())
 
     def _store_name(self, request):
-        middleware = self._middleware_store(request)
-        if middleware is not None:
-            return middleware.name
+        if self._middleware_session(request) is not None:
+            return MiddlewareStore.name
         return config.get_configuration().store.name
 
 

@@ -318,19 +318,24 @@ class SettingsTabTests(TabsTestCase):
                       page.text)
         self.assertIsNone(page.html.find(id='settings'))
 
-    def test_middleware(self):
+    def middleware_manager(self, secret):
         pipeline = SessionMiddleware(ZopeWSGIApp(), {
             'session.type': 'file',
             'session.data_dir': os.path.join(
                 self.layer['beaker_dir'], 'middleware'),
             'session.key': 'mw_session',
-            'session.secret': 'the middleware secret, long enough',
+            'session.secret': secret,
             'session.httponly': 'true',
         })
         manager = webtest.TestApp(pipeline,
                                   extra_environ={'HTTP_HOST': 'nohost'})
         manager.authorization = ('Basic', (MANAGER_NAME, MANAGER_PASSWORD))
+        return manager
+
+    def test_middleware(self):
+        manager = self.middleware_manager('the middleware secret, long enough')
         page = manager.get('/%s/manage_main' % SDM)
+        self.assertIsNone(page.html.find(id='middleware-error'))
         self.assertIn("Beaker's SessionMiddleware", page.html.find(
             id='origin').get_text())
         shown = self.settings(page)
@@ -342,6 +347,14 @@ class SettingsTabTests(TabsTestCase):
         self.assertNotIn('long enough', page.text)
         # Showing the settings started no session.
         self.assertEqual(page.headers.getall('Set-Cookie'), [])
+
+    def test_middleware_with_a_weak_secret(self):
+        manager = self.middleware_manager('short')
+        for tab in ('manage_main', 'manage_status'):
+            page = manager.get('/%s/%s' % (SDM, tab))
+            self.assertIn("Beaker's SessionMiddleware (zope.ini): "
+                          "beaker.session.secret: too weak",
+                          page.html.find(id='middleware-error').get_text())
 
     def test_request_name_change_is_post_only(self):
         self.manager.get('/%s/manage_changeBeakerSDM' % SDM,
