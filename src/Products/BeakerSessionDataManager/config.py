@@ -1,10 +1,10 @@
 """Read and check the Beaker session options once, at start-up.
 
-The options come from ``<product-config beaker>`` in zope.conf, with the
-``session.`` or ``beaker.session.`` prefixes Beaker's own middleware
-accepts.  They are coerced and checked here, so that a mistake stops
-Zope at start-up with a message naming the option instead of failing on
-some visitor's request later.
+The options come from ``<product-config beaker>`` in zope.conf, with or
+without the ``session.`` or ``beaker.session.`` prefixes Beaker's own
+middleware accepts.  They are coerced and checked here, so that a mistake
+stops Zope at start-up with a message naming the option instead of failing
+on some visitor's request later.
 """
 import logging
 import os
@@ -26,6 +26,8 @@ from .store import BeakerStore
 logger = logging.getLogger('Products.BeakerSessionDataManager')
 
 PREFIXES = ('beaker.session.', 'session.')
+# collective.beaker's cache options, which share <product-config beaker>.
+CACHE_PREFIXES = ('beaker.cache.', 'cache.')
 MIN_SECRET_LENGTH = 32
 # Secrets copied from old documentation or examples.
 PLACEHOLDER_SECRETS = frozenset([
@@ -248,22 +250,38 @@ def mask_url(url):
 def parse(settings):
     """Strip the prefixes, apply the defaults, coerce every value."""
     options = dict(DEFAULTS)
-    for name, value in settings.items():
-        name = option_name(name)
-        if name:
-            options[name] = value
+    spelt = {}
+    for setting, value in settings.items():
+        name = option_name(setting)
+        if name is None:
+            continue
+        if '.' in setting and not setting.startswith(PREFIXES) and \
+                not setting.startswith('sa.'):
+            raise ConfigurationError(
+                '%s: neither a session option (session.NAME, or NAME '
+                'alone) nor one of collective.beaker\'s cache options '
+                '(cache.NAME); correct or remove it.' % setting)
+        if name in spelt:
+            raise ConfigurationError(
+                'session.%s: given twice, as %s and %s; keep one.'
+                % (name, spelt[name], setting))
+        spelt[name] = setting
+        options[name] = value
     for name in list(options):
         options[name] = coerce_option(name, options[name])
     return options
 
 
 def option_name(setting):
-    """The option a setting names without its prefix; None for a setting
-    that is no session option."""
+    """The option a setting names without its prefix, which it may lack
+    (as on the command line of ``beaker-sessions``); None for a cache
+    setting of collective.beaker."""
+    if setting.startswith(CACHE_PREFIXES):
+        return None
     for prefix in PREFIXES:
         if setting.startswith(prefix):
             return setting[len(prefix):]
-    return None
+    return setting
 
 
 def coerce_option(name, value):

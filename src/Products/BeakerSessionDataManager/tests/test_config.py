@@ -45,6 +45,39 @@ class ParseTests(unittest.TestCase):
         })
         self.assertEqual(configuration.cookie.name, 'my_session')
 
+    def test_prefix_may_be_left_out(self):
+        configuration = config.configure({
+            'secret': SECRET, 'type': 'ext:redis',
+            'url': 'redis://127.0.0.1:6379/1', 'timeout': '60',
+            'beaker.session.key': 'my_session'})
+        self.assertEqual(configuration.type, 'ext:redis')
+        self.assertEqual(configuration.store.url, 'redis://127.0.0.1:6379/1')
+        self.assertEqual(configuration.timeout, 60)
+        self.assertEqual(configuration.cookie.name, 'my_session')
+        self.assertEqual(configuration.source_of('url'), 'test')
+
+    def test_collective_beakers_cache_options_are_left_alone(self):
+        configuration = config.configure(self.settings(type='memory') | {
+            'cache.type': 'ext:redis', 'cache.regions': 'short, long',
+            'cache.short.expire': '3', 'beaker.cache.lock_dir': '/nowhere'})
+        self.assertEqual(configuration.type, 'memory')
+        self.assertNotIn('regions', configuration.options)
+        self.assertNotIn('lock_dir', configuration.options)
+
+    def test_settings_of_other_prefixes_are_refused(self):
+        for setting in ('sesion.type', 'beaker.sesion.type', 'beaker.type'):
+            with self.assertRaises(ConfigurationError) as caught:
+                config.configure(self.settings() | {setting: 'memory'})
+            self.assertTrue(str(caught.exception).startswith(
+                setting + ': neither a session option'), caught.exception)
+
+    def test_an_option_is_given_once(self):
+        with self.assertRaises(ConfigurationError) as caught:
+            config.configure(self.settings(type='memory') | {'type': 'file'})
+        self.assertEqual(
+            str(caught.exception),
+            'session.type: given twice, as session.type and type; keep one.')
+
     def test_safe_defaults(self):
         configuration = config.configure(self.settings())
         self.assertEqual(configuration.type, 'file')

@@ -274,6 +274,22 @@ def test_cleanup_options_override_zope_conf(call, instance):
     assert len(stored(configuration_of(path))) == 2
 
 
+def test_zope_conf_without_prefixes(call, instance):
+    path = zope_conf(instance, type='file', secret=SECRET, timeout=600)
+    with open(path) as f:
+        text = f.read()
+    with open(path, 'w') as f:
+        f.write(text.replace('    session.', '    '))
+    expired(configuration_of(path), 2)
+    assert 'timeout' in read_zope_conf(path)[0]
+    result = call('cleanup', '-C', path, '-o', 'session.timeout=0')
+    assert result.returncode == 0, result.stderr
+    assert 'session.timeout is 0' in result.stdout
+    result = call('cleanup', '-C', path, '-o', 'secret=', '-n')
+    assert result.returncode == 0, result.stderr
+    assert 'Would remove 2 expired sessions' in result.stdout
+
+
 @pytest.mark.parametrize('options, says', [
     (['-o', 'type=ext:redis', '-o', 'url=redis://127.0.0.1:1/0'],
      'Nothing to clean up: the ext:redis session store at '
