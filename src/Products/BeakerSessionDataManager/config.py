@@ -6,6 +6,7 @@ middleware accepts.  They are coerced and checked here, so that a mistake
 stops Zope at start-up with a message naming the option instead of failing
 on some visitor's request later.
 """
+import difflib
 import logging
 import os
 import threading
@@ -53,6 +54,23 @@ SESSION_OPTIONS = frozenset([
     'invalidate_corrupt', 'auto', 'id', 'use_cookies', 'webtest_varname',
     'log_file', 'write_granularity', 'client_cache_size',
 ])
+# The options each store takes besides SESSION_OPTIONS: those of its
+# Beaker namespace manager (beaker.container, beaker.ext) that zope.conf can
+# give (not digest_filenames, which the stores set, nor the ones that take
+# Python objects: dbmmodule, sa_opts, bind, table).  'sa.' stands for every
+# option of SQLAlchemy's engine; ext:rediscluster also takes redis-py's
+# connection options (cluster_options).
+STORE_OPTIONS = {
+    'cookie': (),
+    'memory': (),
+    'file': ('lock_dir', 'file_dir'),
+    'dbm': ('lock_dir', 'dbm_dir'),
+    'ext:memcached': ('url', 'lock_dir', 'memcache_module'),
+    'ext:redis': ('url',),
+    'ext:rediscluster': ('url', 'urls'),
+    'ext:database': ('url', 'lock_dir', 'table_name', 'schema_name', 'sa.'),
+    'ext:sqla': ('url', 'lock_dir', 'table_name', 'schema_name', 'sa.'),
+}
 DEFAULTS = {
     'type': 'file',
     'key': 'beaker.session.id',
@@ -79,6 +97,11 @@ class SessionConfiguration:
         # The options the settings name; the others are defaults.
         self.given = frozenset(filter(None, map(option_name, settings)))
         self.type = options['type']
+        if self.type not in STORE_OPTIONS:
+            raise ConfigurationError(
+                'session.type: unknown store %r; choose one of %s or cookie.'
+                % (self.type, ', '.join(SERVER_SIDE_TYPES)))
+        check_option_names(self.type, self.given)
         self.timeout = options['timeout'] or None
         self.write_granularity = options['write_granularity']
         if self.type == 'cookie':
@@ -86,11 +109,15 @@ class SessionConfiguration:
             self.cookie = self._make_session_cookie()
             self.store = self.cookie.store
             return
-        if self.type not in SERVER_SIDE_TYPES:
-            raise ConfigurationError(
-                'session.type: unknown store %r; choose one of %s or cookie.'
-                % (self.type, ', '.join(SERVER_SIDE_TYPES)))
         check_secret(options.get('secret'))
+        if options.get('validate_key') and not options.get('encrypt_key'):
+            # Beaker signs nothing with it: it is the second key of the
+            # encryption of the records.
+            raise ConfigurationError(
+                'session.validate_key: does nothing without '
+                'session.encrypt_key (with both, the records in the store '
+                'are encrypted); set session.encrypt_key too, or remove '
+                'it.')
         if options.get('data_serializer') not in ('pickle', 'json'):
             raise ConfigurationError(
                 'session.data_serializer: must be "pickle" or "json", not %r.'
@@ -260,7 +287,8 @@ def parse(settings):
             raise ConfigurationError(
                 '%s: neither a session option (session.NAME, or NAME '
                 'alone) nor one of collective.beaker\'s cache options '
-                '(cache.NAME); correct or remove it.' % setting)
+                '(cache.NAME); %s' % (setting, correction(
+                    setting, ['session.' + name for name in known_names()])))
         if name in spelt:
             raise ConfigurationError(
                 'session.%s: given twice, as %s and %s; keep one.'
@@ -282,6 +310,57 @@ def option_name(setting):
         if setting.startswith(prefix):
             return setting[len(prefix):]
     return setting
+
+
+def check_option_names(store_type, names):
+    """An option that no part of the configuration uses is a mistake: a
+    typo, or an option of another store."""
+    for name in sorted(names):
+        if name in SESSION_OPTIONS or takes(store_type, name):
+            continue
+        users = [other for other in STORE_OPTIONS if takes(other, name)]
+        if users:
+            raise ConfigurationError(
+                'session.%s: session.type %s does not use it, only %s; '
+                'remove it.' % (name, store_type, ', '.join(users)))
+        raise ConfigurationError('session.%s: unknown option; %s' % (
+            name, correction(name, known_names(store_type))))
+
+
+def takes(store_type, name):
+    """Whether the store of ``store_type`` uses option ``name``."""
+    options = STORE_OPTIONS[store_type]
+    if name in options or 'sa.' in options and name.startswith('sa.'):
+        return True
+    return store_type == 'ext:rediscluster' and name in cluster_options()
+
+
+def cluster_options():
+    """The options redis-py's cluster client hands to its connections; the
+    store passes it its other options, as Beaker does."""
+    try:
+        from redis.cluster import KWARGS_DISABLED_KEYS
+        from redis.cluster import REDIS_ALLOWED_KEYS
+    except ImportError:
+        return frozenset()
+    return frozenset(REDIS_ALLOWED_KEYS) - frozenset(KWARGS_DISABLED_KEYS)
+
+
+def known_names(store_type=None):
+    """The names of the options, for suggestions."""
+    names = SESSION_OPTIONS.union(*STORE_OPTIONS.values()) - {'sa.'}
+    if store_type == 'ext:rediscluster':
+        names |= cluster_options()
+    return sorted(names)
+
+
+def correction(name, candidates):
+    """What to do about a name that is not among ``candidates``."""
+    close = difflib.get_close_matches(name, candidates, n=1)
+    if close:
+        return 'did you mean %s?' % (
+            close[0] if '.' in name else 'session.' + close[0])
+    return 'remove it, or correct its name.'
 
 
 def coerce_option(name, value):

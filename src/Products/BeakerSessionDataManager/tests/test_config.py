@@ -1,7 +1,9 @@
 """Configuration: coercion once at start-up, errors that name the option."""
 import os
+import sys
 import tempfile
 import unittest
+from unittest import mock
 
 from Products.Sessions.interfaces import SessionDataManagerErr
 
@@ -70,6 +72,12 @@ class ParseTests(unittest.TestCase):
                 config.configure(self.settings() | {setting: 'memory'})
             self.assertTrue(str(caught.exception).startswith(
                 setting + ': neither a session option'), caught.exception)
+        self.assertTrue(str(caught.exception).endswith(
+            '(cache.NAME); remove it, or correct its name.'))
+        with self.assertRaises(ConfigurationError) as caught:
+            config.configure(self.settings() | {'sesion.type': 'memory'})
+        self.assertTrue(str(caught.exception).endswith(
+            '; did you mean session.type?'))
 
     def test_an_option_is_given_once(self):
         with self.assertRaises(ConfigurationError) as caught:
@@ -110,6 +118,88 @@ class ParseTests(unittest.TestCase):
         self.assertRejected('session.type', self.settings(type='floppy'))
         self.assertRejected('session.data_serializer',
                             self.settings(data_serializer='yaml'))
+
+    def assertMessage(self, message, settings):
+        with self.assertRaises(ConfigurationError) as caught:
+            config.configure(settings)
+        self.assertEqual(str(caught.exception), message)
+
+    def test_misspelt_options_are_refused(self):
+        self.assertMessage(
+            'session.tpye: unknown option; did you mean session.type?',
+            self.settings(tpye='memory'))
+        self.assertMessage(
+            'session.timout: unknown option; did you mean session.timeout?',
+            self.settings(timout='60'))
+        self.assertMessage(
+            'session.frobnicate: unknown option; remove it, or correct its '
+            'name.', self.settings(frobnicate='1'))
+        self.assertMessage(
+            'session.pasword: unknown option; did you mean '
+            'session.password?', self.settings(
+                type='ext:rediscluster', url='redis://127.0.0.1:7000',
+                pasword='x'))
+
+    def test_options_of_other_stores_are_refused(self):
+        self.assertMessage(
+            'session.url: session.type file does not use it, only '
+            'ext:memcached, ext:redis, ext:rediscluster, ext:database, '
+            'ext:sqla; remove it.',
+            self.settings(type='file', url='redis://127.0.0.1:6379/0'))
+        self.assertMessage(
+            'session.sa.pool_size: session.type ext:redis does not use it, '
+            'only ext:database, ext:sqla; remove it.',
+            self.settings(type='ext:redis', url='redis://127.0.0.1:6379/0',
+                          **{'sa.pool_size': '5'}))
+        self.assertMessage(
+            'session.password: session.type ext:redis does not use it, '
+            'only ext:rediscluster; remove it.',
+            self.settings(type='ext:redis', url='redis://127.0.0.1:6379/0',
+                          password='x'))
+        self.assertMessage(
+            'session.lock_dir: session.type cookie does not use it, only '
+            'file, dbm, ext:memcached, ext:database, ext:sqla; remove it.',
+            {'session.type': 'cookie', 'session.validate_key': SECRET,
+             'session.encrypt_key': SECRET[::-1],
+             'session.lock_dir': self.tmp})
+
+    def test_options_of_each_store_are_accepted(self):
+        lock_dir = os.path.join(self.tmp, 'lock')
+        sqlite = 'sqlite:///%s' % os.path.join(self.tmp, 'sessions.db')
+        for options in (
+                dict(type='file', lock_dir=lock_dir,
+                     file_dir=os.path.join(self.tmp, 'files')),
+                dict(type='dbm', lock_dir=lock_dir,
+                     dbm_dir=os.path.join(self.tmp, 'dbm')),
+                dict(type='ext:memcached', url='127.0.0.1:11211',
+                     memcache_module='memcache', lock_dir=lock_dir),
+                dict(type='ext:redis', url='redis://127.0.0.1:6379/0',
+                     client_cache_size='5'),
+                dict(type='ext:rediscluster', urls='redis://127.0.0.1:7000',
+                     username='zope', password='pw', client_name='zope'),
+                dict(type='ext:database', url=sqlite, table_name='t',
+                     schema_name='main', lock_dir=lock_dir,
+                     **{'sa.pool_size': '2', 'sa.echo': 'false'}),
+                dict(type='ext:sqla', url=sqlite, table_name='t',
+                     **{'sa.pool_recycle': '60'})):
+            configuration = config.configure(self.settings(**options))
+            self.assertEqual(configuration.given, frozenset(
+                options) | {'secret', 'data_dir'})
+
+    def test_without_redis_py_the_cluster_takes_only_its_urls(self):
+        with mock.patch.dict(sys.modules, {'redis.cluster': None}):
+            self.assertMessage(
+                'session.password: unknown option; remove it, or correct '
+                'its name.', self.settings(
+                    type='ext:rediscluster', url='redis://127.0.0.1:7000',
+                    password='x'))
+
+    def test_validate_key_needs_encrypt_key(self):
+        self.assertMessage(
+            'session.validate_key: does nothing without session.encrypt_key '
+            '(with both, the records in the store are encrypted); set '
+            'session.encrypt_key too, or remove it.',
+            self.settings(validate_key=SECRET[::-1]))
 
     def test_secret_is_required_and_must_be_strong(self):
         settings = self.settings()
