@@ -201,6 +201,49 @@ class ParseTests(unittest.TestCase):
             'session.encrypt_key too, or remove it.',
             self.settings(validate_key=SECRET[::-1]))
 
+    def test_memcached_servers_are_checked(self):
+        for url in ('memcached://127.0.0.1:11211',
+                    '127.0.0.1:11211,127.0.0.1:11212', 'cache1,cache2',
+                    '127.0.0.1:11211; 127.0.0.1:11212', '127.0.0.1:11211;'):
+            self.assertMessage(
+                'session.url: the ext:memcached store takes '
+                'HOST:PORT[;HOST:PORT...]: servers separated by semicolons, '
+                'with no scheme (memcached://) and no spaces.',
+                self.settings(type='ext:memcached', url=url))
+        for url in ('127.0.0.1:11211;127.0.0.1:11212', 'cache1',
+                    'unix:/run/memcached.sock'):
+            config.configure(self.settings(type='ext:memcached', url=url))
+
+    def test_redis_ssl_cert_reqs_is_checked(self):
+        for store_type in ('ext:redis', 'ext:rediscluster'):
+            self.assertMessage(
+                "session.url: the parameter ssl_cert_reqs is none, optional "
+                "or required, not 'bogus'.", self.settings(
+                    type=store_type,
+                    url='rediss://127.0.0.1:6379?ssl_cert_reqs=bogus'))
+            config.configure(self.settings(
+                type=store_type,
+                url='rediss://127.0.0.1:6379?ssl_cert_reqs=optional'))
+
+    def test_sql_engine_options_are_checked_at_start_up(self):
+        url = 'sqlite:///%s' % os.path.join(self.tmp, 'sessions.db')
+        for option, value, error in (
+                ('sa.pool_size', 'lots', "ValueError: invalid literal for "
+                                         "int() with base 10: 'lots'"),
+                ('sa.frobnicate', '1', "TypeError: Invalid argument(s) "
+                                       "'frobnicate' sent to "
+                                       "create_engine()")):
+            with self.assertRaises(ConfigurationError) as caught:
+                config.configure(self.settings(
+                    type='ext:database', url=url, **{option: value}))
+            message = str(caught.exception)
+            self.assertTrue(message.startswith(
+                'session.%s: SQLAlchemy refuses it (%s' % (option, error)),
+                message)
+            self.assertTrue(message.endswith(
+                '; see the arguments of create_engine() in its '
+                'documentation.'))
+
     def test_secret_is_required_and_must_be_strong(self):
         settings = self.settings()
         del settings['session.secret']

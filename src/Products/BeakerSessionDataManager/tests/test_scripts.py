@@ -376,6 +376,32 @@ def test_unusable_data_dir(call, tmp_path):
         assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.parametrize('options, option', [
+    (['type=ext:memcached', 'url=memcached://127.0.0.1:11211'],
+     'session.url'),
+    (['type=ext:memcached', 'url=127.0.0.1:11211,127.0.0.1:11212'],
+     'session.url'),
+    (['type=ext:redis', 'url=redis://127.0.0.1:6379/0?ssl_cert_reqs=bogus'],
+     'session.url'),
+    (['type=ext:database', 'url=sqlite:///{tmp}/sessions.db',
+      'sa.pool_size=lots'], 'session.sa.pool_size'),
+    (['type=ext:database', 'url=sqlite:///{tmp}/sessions.db',
+      'sa.frobnicate=1'], 'session.sa.frobnicate'),
+])
+def test_wrong_values(call, tmp_path, options, option):
+    """A value the store cannot take is a configuration error, in one
+    line, with no traceback."""
+    arguments = ['-o', 'secret=' + SECRET]
+    for setting in options:
+        arguments += ['-o', setting.format(tmp=tmp_path)]
+    for command in ('cleanup', 'check'):
+        result = call(command, *arguments)
+        assert result.returncode == 2
+        assert result.stderr.startswith(
+            'beaker-sessions: FAILED: invalid configuration: %s: ' % option)
+        assert 'Traceback' not in result.stderr
+
+
 def test_check_unreachable_redis(call):
     result = call('check', '-o', 'type=ext:redis', '-o',
                   'url=redis://127.0.0.1:1/0', '-o', 'secret=' + SECRET)
