@@ -71,6 +71,8 @@ STORE_OPTIONS = {
     'ext:database': ('url', 'lock_dir', 'table_name', 'schema_name', 'sa.'),
     'ext:sqla': ('url', 'lock_dir', 'table_name', 'schema_name', 'sa.'),
 }
+# The directories a store keeps its records and locks in.
+DIRECTORY_OPTIONS = ('data_dir', 'lock_dir', 'file_dir', 'dbm_dir')
 DEFAULTS = {
     'type': 'file',
     'key': 'beaker.session.id',
@@ -123,6 +125,7 @@ class SessionConfiguration:
                 'session.data_serializer: must be "pickle" or "json", not %r.'
                 % options.get('data_serializer'))
         self._default_directories(var_dir)
+        self._make_directories()
         self.cookie = SessionCookie(
             secret=options['secret'], **self._cookie_params())
         self.store = self._make_store()
@@ -185,6 +188,21 @@ class SessionConfiguration:
             options['data_dir'] = os.path.join(var_dir, 'sessions', 'data')
             options.setdefault(
                 'lock_dir', os.path.join(var_dir, 'sessions', 'lock'))
+
+    def _make_directories(self):
+        """Make the store's directories now, as the store would: one that
+        cannot be made stops Zope, naming its option."""
+        for name in DIRECTORY_OPTIONS:
+            path = self.options.get(name)
+            if not path:
+                continue
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    'session.%s: cannot make the directory %s (%s); give '
+                    'one that the user Zope runs as can create or write.'
+                    % (name, path, exc.strerror or exc))
 
     def _make_store(self):
         options = self.options

@@ -225,6 +225,37 @@ class ParseTests(unittest.TestCase):
                 type=store_type,
                 url='rediss://127.0.0.1:6379?ssl_cert_reqs=optional'))
 
+    def test_directories_that_cannot_be_made(self):
+        regular_file = os.path.join(self.tmp, 'file')
+        open(regular_file, 'w').close()
+        under_file = os.path.join(regular_file, 'sessions')
+        for option, settings, reason in (
+                ('data_dir', self.settings(data_dir='/proc/nope'),
+                 'No such file or directory'),
+                ('data_dir', self.settings(data_dir=under_file),
+                 'Not a directory'),
+                ('data_dir', self.settings(data_dir=regular_file),
+                 'File exists'),
+                ('lock_dir', self.settings(lock_dir=under_file),
+                 'Not a directory'),
+                ('file_dir', self.settings(file_dir=under_file),
+                 'Not a directory'),
+                ('dbm_dir', self.settings(type='dbm', dbm_dir=under_file),
+                 'Not a directory'),
+                ('data_dir', self.settings(
+                    type='ext:memcached', url='127.0.0.1:11211',
+                    data_dir=under_file), 'Not a directory')):
+            self.assertMessage(
+                'session.%s: cannot make the directory %s (%s); give one '
+                'that the user Zope runs as can create or write.'
+                % (option, settings['session.' + option], reason), settings)
+
+    def test_directories_are_made_at_start_up(self):
+        settings = self.settings(file_dir=os.path.join(self.tmp, 'files'))
+        config.configure(settings)
+        for option in ('data_dir', 'file_dir'):
+            self.assertTrue(os.path.isdir(settings['session.' + option]))
+
     def test_sql_engine_options_are_checked_at_start_up(self):
         url = 'sqlite:///%s' % os.path.join(self.tmp, 'sessions.db')
         for option, value, error in (
