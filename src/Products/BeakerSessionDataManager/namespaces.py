@@ -13,9 +13,11 @@ sessions can still share the store, and replace the locking:
 - dbm: the file of a new session is created under the session's lock.
 """
 import importlib
+import os
 import re
 from datetime import datetime
 from hashlib import sha256
+from urllib.parse import urlsplit
 
 from beaker.cache import clsmap
 from beaker.container import DBMNamespaceManager
@@ -357,6 +359,16 @@ def check_sql_url(store_type, url, args):
         raise ConfigurationError(
             'session.url: an in-memory SQLite database is private to one '
             'connection; give a file: sqlite:////ABSOLUTE/PATH/sessions.db')
+    if dialect.name == 'sqlite':
+        path = parsed.database
+        if parsed.query.get('uri'):
+            path = urlsplit(path).path  # file:PATH?mode=...
+        if not os.path.isabs(path):
+            raise ConfigurationError(
+                'session.url: the SQLite database %s is a relative path, '
+                'which depends on the directory Zope starts in; give an '
+                'absolute one: sqlite:////ABSOLUTE/PATH/sessions.db'
+                % parsed.database)
     sa_opts = dict(SQL_ENGINE_DEFAULTS)
     for name in list(args):
         if name.startswith('sa.'):

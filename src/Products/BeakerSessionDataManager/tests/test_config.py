@@ -275,6 +275,21 @@ class ParseTests(unittest.TestCase):
                 '; see the arguments of create_engine() in its '
                 'documentation.'))
 
+    def test_sqlite_needs_an_absolute_path(self):
+        for url in ('sqlite:///sessions.db',
+                    'sqlite:///file:sessions.db?uri=true'):
+            with self.assertRaises(ConfigurationError) as caught:
+                config.configure(self.settings(type='ext:database', url=url))
+            self.assertEqual(
+                str(caught.exception),
+                'session.url: the SQLite database %s is a relative path, '
+                'which depends on the directory Zope starts in; give an '
+                'absolute one: sqlite:////ABSOLUTE/PATH/sessions.db'
+                % url[len('sqlite:///'):].partition('?')[0])
+        path = os.path.join(self.tmp, 'sessions.db')
+        for url in ('sqlite:///' + path, 'sqlite:///file:%s?uri=true' % path):
+            config.configure(self.settings(type='ext:database', url=url))
+
     def test_secret_is_required_and_must_be_strong(self):
         settings = self.settings()
         del settings['session.secret']
