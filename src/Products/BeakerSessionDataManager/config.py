@@ -139,6 +139,11 @@ class SessionConfiguration:
 
     def _cookie_params(self):
         options = self.options
+        if options['samesite'] == 'None' and not options['secure']:
+            raise ConfigurationError(
+                'session.samesite: SameSite=None needs session.secure true: '
+                'browsers drop a SameSite=None cookie that is not Secure, '
+                'and sessions would never stick.')
         return dict(
             name=options['key'],
             path=options.get('path') or options['cookie_path'],

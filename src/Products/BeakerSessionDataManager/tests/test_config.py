@@ -290,6 +290,20 @@ class ParseTests(unittest.TestCase):
         for url in ('sqlite:///' + path, 'sqlite:///file:%s?uri=true' % path):
             config.configure(self.settings(type='ext:database', url=url))
 
+    def test_samesite_none_needs_secure(self):
+        cookie_store = {'session.type': 'cookie',
+                        'session.validate_key': SECRET,
+                        'session.encrypt_key': SECRET[::-1]}
+        for settings in (self.settings(), cookie_store):
+            self.assertMessage(
+                'session.samesite: SameSite=None needs session.secure true: '
+                'browsers drop a SameSite=None cookie that is not Secure, '
+                'and sessions would never stick.',
+                settings | {'session.samesite': 'None'})
+            configuration = config.configure(settings | {
+                'session.samesite': 'none', 'session.secure': 'true'})
+            self.assertEqual(configuration.cookie.samesite, 'None')
+
     def test_secret_is_required_and_must_be_strong(self):
         settings = self.settings()
         del settings['session.secret']
