@@ -9,6 +9,7 @@ on some visitor's request later.
 import difflib
 import logging
 import os
+import re
 import threading
 
 from beaker.crypto import DEFAULT_NONCE_BITS
@@ -36,6 +37,11 @@ PLACEHOLDER_SECRETS = frozenset([
     'your-secret', 'yoursecret', 'please-change-me', 'beaker',
 ])
 SECRET_OPTIONS = ('secret', 'encrypt_key', 'validate_key')
+URL_OPTIONS = ('url', 'urls')
+# A URL's query parameters that hold a password: SQLAlchemy's and libpq's
+# password, sslpassword, MySQL drivers' passwd, redis-py's ssl_password...
+PASSWORD_PARAMETER = re.compile(
+    r'([?&;][^=&;#?]*(?:password|passwd|pwd)[^=&;#?]*=)[^&#]*', re.I)
 SAMESITE_VALUES = {'lax': 'Lax', 'strict': 'Strict', 'none': 'None'}
 # Stores on the network, which start-up checks (warn_if_unreachable).
 NETWORK_TYPES = ('ext:redis', 'ext:rediscluster', 'ext:memcached',
@@ -282,19 +288,31 @@ def mask_option(name, value):
     """``value`` fit for display: secrets and URL credentials hidden."""
     if name in SECRET_OPTIONS and value:
         return '*' * 8
-    if name == 'url':
+    if name in URL_OPTIONS:
         return mask_url(value)
     return value
 
 
 def mask_url(url):
-    """Hide the credentials in a store URL (or a comma-separated list)."""
-    if isinstance(url, str) and ',' in url:
-        return ','.join(map(mask_url, url.split(',')))
-    if isinstance(url, str) and '@' in url:
-        scheme, _, rest = url.partition('://')
-        return '%s://***@%s' % (scheme, rest.rpartition('@')[2])
-    return url
+    """Hide the credentials in a store URL, or a list of them separated by
+    commas or semicolons: the query parameters that hold a password, and
+    whatever comes before an '@' (user and password), after the scheme if
+    there is one.  Rather too much than too little: a password may hold
+    any character, and each library reads URLs its own way."""
+    if not isinstance(url, str):
+        return url
+    url = PASSWORD_PARAMETER.sub(r'\1***', url)
+    masked, copied, previous = [], 0, 0
+    for at in [match.start() for match in re.finditer('@', url)]:
+        before = url[previous:at]
+        if '://' in before:
+            start = previous + before.rindex('://') + 3
+        else:
+            start = previous + max(before.rfind(','), before.rfind(';')) + 1
+        masked.append(url[copied:start] + '***')
+        copied, previous = at, at + 1
+    masked.append(url[copied:])
+    return ''.join(masked)
 
 
 def parse(settings):

@@ -329,6 +329,47 @@ class ParseTests(unittest.TestCase):
         self.assertNotIn('pw', shown['session.url'])
         self.assertNotIn(SECRET, repr(shown))
 
+    def test_every_credential_in_a_url_is_masked(self):
+        for url, shown in (
+                ('postgresql+psycopg2://postgres@127.0.0.1:5432/test'
+                 '?password=hunter2',
+                 'postgresql+psycopg2://***@127.0.0.1:5432/test'
+                 '?password=***'),
+                ('postgresql+psycopg2://127.0.0.1/test?connect_timeout=5'
+                 '&PassWord=hunter2&sslpassword=hunter2#x',
+                 'postgresql+psycopg2://127.0.0.1/test?connect_timeout=5'
+                 '&PassWord=***&sslpassword=***#x'),
+                ('mysql+pymysql://127.0.0.1/zope?passwd=hunter2',
+                 'mysql+pymysql://127.0.0.1/zope?passwd=***'),
+                ('rediss://127.0.0.1?ssl_password=hunter2&ssl_ca_certs=/ca',
+                 'rediss://127.0.0.1?ssl_password=***&ssl_ca_certs=/ca'),
+                ('user:hunter2@127.0.0.1:11211', '***@127.0.0.1:11211'),
+                ('a:hunter2@10.0.0.1:11211;b:hunter2@10.0.0.2:11211',
+                 '***@10.0.0.1:11211;***@10.0.0.2:11211'),
+                ('redis://:hunter2@10.0.0.1:7000,redis://u:hunter2@10.0.0.2:'
+                 '7000,redis://10.0.0.3:7000',
+                 'redis://***@10.0.0.1:7000,redis://***@10.0.0.2:7000,'
+                 'redis://10.0.0.3:7000'),
+                ('postgresql://zope:hun,ter;2@db/zope',
+                 'postgresql://***@db/zope'),
+                ('postgresql://zope:hun@ter2@db/zope',
+                 'postgresql://***@***@db/zope'),
+                ('redis://127.0.0.1:6379/0', 'redis://127.0.0.1:6379/0')):
+            for name in ('url', 'urls'):
+                self.assertEqual(config.mask_option(name, url), shown)
+
+    def test_the_settings_and_the_store_name_show_no_password(self):
+        url = 'postgresql+psycopg2://zope:hunter2@127.0.0.1/test?password=x'
+        configuration = config.configure(self.settings(
+            type='ext:database', url=url))
+        self.assertNotIn('hunter2', configuration.store.name)
+        self.assertNotIn('password=x', configuration.store.name)
+        urls = 'redis://:hunter2@127.0.0.1:7000,redis://:hunter2@[::1]:7001'
+        configuration = config.configure(self.settings(
+            type='ext:rediscluster', urls=urls))
+        self.assertNotIn('hunter2', repr(configuration.describe()))
+        self.assertNotIn('hunter2', configuration.store.name)
+
 
 class ZopeConfTests(unittest.TestCase):
     """The product reads <product-config beaker> when Zope starts."""
