@@ -97,9 +97,15 @@ _current = None
 
 
 class SessionConfiguration:
-    """The checked options and the objects built from them."""
+    """The checked options and the objects built from them.
 
-    def __init__(self, settings, source='zope.conf', var_dir=None):
+    With ``existing_directories`` (beaker-sessions), the directories the
+    settings name for a file or dbm store must exist: a mistyped path is
+    an error, not a new, empty store.
+    """
+
+    def __init__(self, settings, source='zope.conf', var_dir=None,
+                 existing_directories=False):
         self.source = source
         self.options = options = parse(settings)
         # The options the settings name; the others are defaults.
@@ -131,7 +137,7 @@ class SessionConfiguration:
                 'session.data_serializer: must be "pickle" or "json", not %r.'
                 % options.get('data_serializer'))
         self._default_directories(var_dir)
-        self._make_directories()
+        self._make_directories(existing_directories)
         self.cookie = SessionCookie(
             secret=options['secret'], **self._cookie_params())
         self.store = self._make_store()
@@ -200,12 +206,19 @@ class SessionConfiguration:
             options.setdefault(
                 'lock_dir', os.path.join(var_dir, 'sessions', 'lock'))
 
-    def _make_directories(self):
+    def _make_directories(self, existing):
         """Make the store's directories now, as the store would: one that
         cannot be made stops Zope, naming its option."""
         for name in DIRECTORY_OPTIONS:
             path = self.options.get(name)
             if not path:
+                continue
+            if existing and name in self.given and \
+                    self.type in ('file', 'dbm'):
+                if not os.path.isdir(path):
+                    raise ConfigurationError(
+                        'session.%s: there is no directory %s; check the '
+                        'path (Zope makes it when it starts).' % (name, path))
                 continue
             try:
                 os.makedirs(path, exist_ok=True)

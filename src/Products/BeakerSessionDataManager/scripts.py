@@ -180,7 +180,7 @@ def configuration_from(arguments, need_secret=True):
         # The cleanup signs no cookies; any good secret passes the check.
         settings = override(settings, 'secret', secrets.token_urlsafe(36))
     return config.SessionConfiguration(
-        settings, source=source, var_dir=var_dir)
+        settings, source=source, var_dir=var_dir, existing_directories=True)
 
 
 def override(settings, name, value):

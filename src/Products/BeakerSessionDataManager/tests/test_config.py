@@ -256,6 +256,20 @@ class ParseTests(unittest.TestCase):
         for option in ('data_dir', 'file_dir'):
             self.assertTrue(os.path.isdir(settings['session.' + option]))
 
+    def test_existing_directories(self):
+        missing = os.path.join(self.tmp, 'missing')
+        with self.assertRaises(ConfigurationError) as caught:
+            config.SessionConfiguration(
+                self.settings(data_dir=missing), existing_directories=True)
+        self.assertTrue(str(caught.exception).startswith(
+            'session.data_dir: there is no directory %s;' % missing))
+        self.assertFalse(os.path.exists(missing))
+        # A store on the network makes its directories, as in Zope.
+        config.SessionConfiguration(self.settings(
+            type='ext:memcached', url='127.0.0.1:11211', data_dir=missing),
+            existing_directories=True)
+        self.assertTrue(os.path.isdir(missing))
+
     def test_sql_engine_options_are_checked_at_start_up(self):
         url = 'sqlite:///%s' % os.path.join(self.tmp, 'sessions.db')
         for option, value, error in (

@@ -363,6 +363,41 @@ def test_cleanup_reports_what_it_kept(call, tmp_path):
     assert stored(configuration) == set(old + broken)
 
 
+@pytest.mark.parametrize('store_type', ['file', 'dbm'])
+def test_directories_named_must_exist(call, tmp_path, store_type):
+    """A mistyped directory in a cron line is an error, not an empty
+    store made there."""
+    missing = tmp_path / 'nonexistent' / 'sessions'
+    os.makedirs(tmp_path / 'data')
+    for option, directories in (
+            ('data_dir', ['data_dir=%s' % missing]),
+            ('lock_dir', ['data_dir=%s' % (tmp_path / 'data'),
+                          'lock_dir=%s' % missing]),
+            ('%s_dir' % store_type, ['data_dir=%s' % (tmp_path / 'data'),
+                                     '%s_dir=%s' % (store_type, missing)])):
+        arguments = ['-o', 'type=' + store_type, '-o', 'secret=' + SECRET]
+        for setting in directories:
+            arguments += ['-o', setting]
+        for command in ('cleanup', 'check'):
+            result = call(command, *arguments)
+            assert result.returncode == 2
+            assert result.stderr == (
+                'beaker-sessions: FAILED: invalid configuration: session.%s: '
+                'there is no directory %s; check the path (Zope makes it '
+                'when it starts).\n' % (option, missing))
+    assert not os.path.exists(tmp_path / 'nonexistent')
+    assert os.listdir(tmp_path / 'data') == []
+
+
+def test_the_instances_own_directories_are_made(call, instance):
+    """Zope makes them at start-up; a new instance has none yet."""
+    path = zope_conf(instance, type='dbm', secret=SECRET)
+    result = call('cleanup', '-C', path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('Removed nothing from the dbm session')
+    assert os.path.isdir(instance / 'var' / 'sessions' / 'lock')
+
+
 @pytest.mark.parametrize('options, option', [
     (['type=file', 'data_dir={tmp}/file/sessions'], 'session.data_dir'),
     (['type=file', 'data_dir=/proc/nope'], 'session.data_dir'),
