@@ -369,6 +369,10 @@ def check_sql_url(store_type, url, args):
                 'which depends on the directory Zope starts in; give an '
                 'absolute one: sqlite:////ABSOLUTE/PATH/sessions.db'
                 % parsed.database)
+    if 'sa.url' in args:
+        # Beaker and the store make the engine for session.url.
+        raise ConfigurationError(
+            'session.sa.url: the database is session.url; remove it.')
     sa_opts = dict(SQL_ENGINE_DEFAULTS)
     for name in list(args):
         if name.startswith('sa.'):

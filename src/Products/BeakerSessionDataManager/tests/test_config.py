@@ -256,6 +256,12 @@ class ParseTests(unittest.TestCase):
         for option in ('data_dir', 'file_dir'):
             self.assertTrue(os.path.isdir(settings['session.' + option]))
 
+    def test_sa_url_is_not_the_url(self):
+        url = 'sqlite:///%s' % os.path.join(self.tmp, 'sessions.db')
+        self.assertMessage(
+            'session.sa.url: the database is session.url; remove it.',
+            self.settings(type='ext:sqla', url=url, **{'sa.url': url}))
+
     def test_existing_directories(self):
         missing = os.path.join(self.tmp, 'missing')
         with self.assertRaises(ConfigurationError) as caught:
