@@ -1,13 +1,15 @@
 """Read and check the Beaker session options once, at start-up.
 
-The options come from ``<product-config beaker>`` in zope.conf, with the
-``session.`` or ``beaker.session.`` prefixes Beaker's own middleware
-accepts.  They are coerced and checked here, so that a mistake stops
-Zope at start-up with a message naming the option instead of failing on
-some visitor's request later.
+The options come from ``<product-config beaker>`` in zope.conf, with or
+without the ``session.`` or ``beaker.session.`` prefixes Beaker's own
+middleware accepts.  They are coerced and checked here, so that a mistake
+stops Zope at start-up with a message naming the option instead of failing
+on some visitor's request later.
 """
+import difflib
 import logging
 import os
+import re
 import threading
 
 from beaker.crypto import DEFAULT_NONCE_BITS
@@ -26,6 +28,8 @@ from .store import BeakerStore
 logger = logging.getLogger('Products.BeakerSessionDataManager')
 
 PREFIXES = ('beaker.session.', 'session.')
+# collective.beaker's cache options, which share <product-config beaker>.
+CACHE_PREFIXES = ('beaker.cache.', 'cache.')
 MIN_SECRET_LENGTH = 32
 # Secrets copied from old documentation or examples.
 PLACEHOLDER_SECRETS = frozenset([
@@ -33,6 +37,11 @@ PLACEHOLDER_SECRETS = frozenset([
     'your-secret', 'yoursecret', 'please-change-me', 'beaker',
 ])
 SECRET_OPTIONS = ('secret', 'encrypt_key', 'validate_key')
+URL_OPTIONS = ('url', 'urls')
+# A URL's query parameters that hold a password: SQLAlchemy's and libpq's
+# password, sslpassword, MySQL drivers' passwd, redis-py's ssl_password...
+PASSWORD_PARAMETER = re.compile(
+    r'([?&;][^=&;#?]*(?:password|passwd|pwd)[^=&;#?]*=)[^&#]*', re.I)
 SAMESITE_VALUES = {'lax': 'Lax', 'strict': 'Strict', 'none': 'None'}
 # Stores on the network, which start-up checks (warn_if_unreachable).
 NETWORK_TYPES = ('ext:redis', 'ext:rediscluster', 'ext:memcached',
@@ -51,6 +60,25 @@ SESSION_OPTIONS = frozenset([
     'invalidate_corrupt', 'auto', 'id', 'use_cookies', 'webtest_varname',
     'log_file', 'write_granularity', 'client_cache_size',
 ])
+# The options each store takes besides SESSION_OPTIONS: those of its
+# Beaker namespace manager (beaker.container, beaker.ext) that zope.conf can
+# give (not digest_filenames, which the stores set, nor the ones that take
+# Python objects: dbmmodule, sa_opts, bind, table).  'sa.' stands for every
+# option of SQLAlchemy's engine; ext:rediscluster also takes redis-py's
+# connection options (cluster_options).
+STORE_OPTIONS = {
+    'cookie': (),
+    'memory': (),
+    'file': ('lock_dir', 'file_dir'),
+    'dbm': ('lock_dir', 'dbm_dir'),
+    'ext:memcached': ('url', 'lock_dir', 'memcache_module'),
+    'ext:redis': ('url',),
+    'ext:rediscluster': ('url', 'urls'),
+    'ext:database': ('url', 'lock_dir', 'table_name', 'schema_name', 'sa.'),
+    'ext:sqla': ('url', 'lock_dir', 'table_name', 'schema_name', 'sa.'),
+}
+# The directories a store keeps its records and locks in.
+DIRECTORY_OPTIONS = ('data_dir', 'lock_dir', 'file_dir', 'dbm_dir')
 DEFAULTS = {
     'type': 'file',
     'key': 'beaker.session.id',
@@ -69,14 +97,25 @@ _current = None
 
 
 class SessionConfiguration:
-    """The checked options and the objects built from them."""
+    """The checked options and the objects built from them.
 
-    def __init__(self, settings, source='zope.conf', var_dir=None):
+    With ``existing_directories`` (beaker-sessions), the directories the
+    settings name for a file or dbm store must exist: a mistyped path is
+    an error, not a new, empty store.
+    """
+
+    def __init__(self, settings, source='zope.conf', var_dir=None,
+                 existing_directories=False):
         self.source = source
         self.options = options = parse(settings)
         # The options the settings name; the others are defaults.
         self.given = frozenset(filter(None, map(option_name, settings)))
         self.type = options['type']
+        if self.type not in STORE_OPTIONS:
+            raise ConfigurationError(
+                'session.type: unknown store %r; choose one of %s or cookie.'
+                % (self.type, ', '.join(SERVER_SIDE_TYPES)))
+        check_option_names(self.type, self.given)
         self.timeout = options['timeout'] or None
         self.write_granularity = options['write_granularity']
         if self.type == 'cookie':
@@ -84,16 +123,21 @@ class SessionConfiguration:
             self.cookie = self._make_session_cookie()
             self.store = self.cookie.store
             return
-        if self.type not in SERVER_SIDE_TYPES:
-            raise ConfigurationError(
-                'session.type: unknown store %r; choose one of %s or cookie.'
-                % (self.type, ', '.join(SERVER_SIDE_TYPES)))
         check_secret(options.get('secret'))
+        if options.get('validate_key') and not options.get('encrypt_key'):
+            # Beaker signs nothing with it: it is the second key of the
+            # encryption of the records.
+            raise ConfigurationError(
+                'session.validate_key: does nothing without '
+                'session.encrypt_key (with both, the records in the store '
+                'are encrypted); set session.encrypt_key too, or remove '
+                'it.')
         if options.get('data_serializer') not in ('pickle', 'json'):
             raise ConfigurationError(
                 'session.data_serializer: must be "pickle" or "json", not %r.'
                 % options.get('data_serializer'))
         self._default_directories(var_dir)
+        self._make_directories(existing_directories)
         self.cookie = SessionCookie(
             secret=options['secret'], **self._cookie_params())
         self.store = self._make_store()
@@ -107,6 +151,11 @@ class SessionConfiguration:
 
     def _cookie_params(self):
         options = self.options
+        if options['samesite'] == 'None' and not options['secure']:
+            raise ConfigurationError(
+                'session.samesite: SameSite=None needs session.secure true: '
+                'browsers drop a SameSite=None cookie that is not Secure, '
+                'and sessions would never stick.')
         return dict(
             name=options['key'],
             path=options.get('path') or options['cookie_path'],
@@ -156,6 +205,28 @@ class SessionConfiguration:
             options['data_dir'] = os.path.join(var_dir, 'sessions', 'data')
             options.setdefault(
                 'lock_dir', os.path.join(var_dir, 'sessions', 'lock'))
+
+    def _make_directories(self, existing):
+        """Make the store's directories now, as the store would: one that
+        cannot be made stops Zope, naming its option."""
+        for name in DIRECTORY_OPTIONS:
+            path = self.options.get(name)
+            if not path:
+                continue
+            if existing and name in self.given and \
+                    self.type in ('file', 'dbm'):
+                if not os.path.isdir(path):
+                    raise ConfigurationError(
+                        'session.%s: there is no directory %s; check the '
+                        'path (Zope makes it when it starts).' % (name, path))
+                continue
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    'session.%s: cannot make the directory %s (%s); give '
+                    'one that the user Zope runs as can create or write.'
+                    % (name, path, exc.strerror or exc))
 
     def _make_store(self):
         options = self.options
@@ -230,40 +301,120 @@ def mask_option(name, value):
     """``value`` fit for display: secrets and URL credentials hidden."""
     if name in SECRET_OPTIONS and value:
         return '*' * 8
-    if name == 'url':
+    if name in URL_OPTIONS:
         return mask_url(value)
     return value
 
 
 def mask_url(url):
-    """Hide the credentials in a store URL (or a comma-separated list)."""
-    if isinstance(url, str) and ',' in url:
-        return ','.join(map(mask_url, url.split(',')))
-    if isinstance(url, str) and '@' in url:
-        scheme, _, rest = url.partition('://')
-        return '%s://***@%s' % (scheme, rest.rpartition('@')[2])
-    return url
+    """Hide the credentials in a store URL, or a list of them separated by
+    commas or semicolons: the query parameters that hold a password, and
+    whatever comes before an '@' (user and password), after the scheme if
+    there is one.  Rather too much than too little: a password may hold
+    any character, and each library reads URLs its own way."""
+    if not isinstance(url, str):
+        return url
+    url = PASSWORD_PARAMETER.sub(r'\1***', url)
+    masked, copied, previous = [], 0, 0
+    for at in [match.start() for match in re.finditer('@', url)]:
+        before = url[previous:at]
+        if '://' in before:
+            start = previous + before.rindex('://') + 3
+        else:
+            start = previous + max(before.rfind(','), before.rfind(';')) + 1
+        masked.append(url[copied:start] + '***')
+        copied, previous = at, at + 1
+    masked.append(url[copied:])
+    return ''.join(masked)
 
 
 def parse(settings):
     """Strip the prefixes, apply the defaults, coerce every value."""
     options = dict(DEFAULTS)
-    for name, value in settings.items():
-        name = option_name(name)
-        if name:
-            options[name] = value
+    spelt = {}
+    for setting, value in settings.items():
+        name = option_name(setting)
+        if name is None:
+            continue
+        if '.' in setting and not setting.startswith(PREFIXES) and \
+                not setting.startswith('sa.'):
+            raise ConfigurationError(
+                '%s: neither a session option (session.NAME, or NAME '
+                'alone) nor one of collective.beaker\'s cache options '
+                '(cache.NAME); %s' % (setting, correction(
+                    setting, ['session.' + name for name in known_names()])))
+        if name in spelt:
+            raise ConfigurationError(
+                'session.%s: given twice, as %s and %s; keep one.'
+                % (name, spelt[name], setting))
+        spelt[name] = setting
+        options[name] = value
     for name in list(options):
         options[name] = coerce_option(name, options[name])
     return options
 
 
 def option_name(setting):
-    """The option a setting names without its prefix; None for a setting
-    that is no session option."""
+    """The option a setting names without its prefix, which it may lack
+    (as on the command line of ``beaker-sessions``); None for a cache
+    setting of collective.beaker."""
+    if setting.startswith(CACHE_PREFIXES):
+        return None
     for prefix in PREFIXES:
         if setting.startswith(prefix):
             return setting[len(prefix):]
-    return None
+    return setting
+
+
+def check_option_names(store_type, names):
+    """An option that no part of the configuration uses is a mistake: a
+    typo, or an option of another store."""
+    for name in sorted(names):
+        if name in SESSION_OPTIONS or takes(store_type, name):
+            continue
+        users = [other for other in STORE_OPTIONS if takes(other, name)]
+        if users:
+            raise ConfigurationError(
+                'session.%s: session.type %s does not use it, only %s; '
+                'remove it.' % (name, store_type, ', '.join(users)))
+        raise ConfigurationError('session.%s: unknown option; %s' % (
+            name, correction(name, known_names(store_type))))
+
+
+def takes(store_type, name):
+    """Whether the store of ``store_type`` uses option ``name``."""
+    options = STORE_OPTIONS[store_type]
+    if name in options or 'sa.' in options and name.startswith('sa.'):
+        return True
+    return store_type == 'ext:rediscluster' and name in cluster_options()
+
+
+def cluster_options():
+    """The options redis-py's cluster client hands to its connections; the
+    store passes it its other options, as Beaker does."""
+    try:
+        from redis.cluster import KWARGS_DISABLED_KEYS
+        from redis.cluster import REDIS_ALLOWED_KEYS
+    except ImportError:
+        return frozenset()
+    return frozenset(REDIS_ALLOWED_KEYS) - frozenset(KWARGS_DISABLED_KEYS)
+
+
+def known_names(store_type=None):
+    """The names of the options, for suggestions."""
+    names = SESSION_OPTIONS.union(*STORE_OPTIONS.values()) - {'sa.'}
+    if store_type == 'ext:rediscluster':
+        names |= cluster_options()
+    return sorted(names)
+
+
+def correction(name, candidates):
+    """What to do about a name that is not among ``candidates``."""
+    close = difflib.get_close_matches(name, candidates, n=1)
+    if close:
+        return 'did you mean %s?' % (
+            close[0] if '.' in name else 'session.' + close[0])
+    return 'remove it, or correct its name.'
 
 
 def coerce_option(name, value):

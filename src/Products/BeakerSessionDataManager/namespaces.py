@@ -13,8 +13,11 @@ sessions can still share the store, and replace the locking:
 - dbm: the file of a new session is created under the session's lock.
 """
 import importlib
+import os
+import re
 from datetime import datetime
 from hashlib import sha256
+from urllib.parse import urlsplit
 
 from beaker.cache import clsmap
 from beaker.container import DBMNamespaceManager
@@ -288,6 +291,8 @@ def namespace_for(store_type, args):
 
 def check_redis_url(store_type, url, args):
     import redis
+
+    from .redisclient import SSL_CERT_REQS
     for one in url.split(','):
         try:
             parsed = redis.connection.parse_url(one.strip())
@@ -295,19 +300,40 @@ def check_redis_url(store_type, url, args):
             raise ConfigurationError(
                 'session.url: %s (the %s store takes %s).'
                 % (exc, store_type, CLIENTS[store_type][2]))
+        # Both clients would fail on any other value: redis-py at the
+        # first connection, this product's at start-up with a KeyError.
+        cert_reqs = parsed.get('ssl_cert_reqs')
+        if cert_reqs is not None and cert_reqs not in SSL_CERT_REQS:
+            raise ConfigurationError(
+                'session.url: the parameter ssl_cert_reqs is none, '
+                'optional or required, not %r.' % cert_reqs)
         if store_type == 'ext:rediscluster' and parsed.get('db'):
             raise ConfigurationError(
                 'session.url: a Redis Cluster has only database 0, not %s.'
                 % parsed['db'])
 
 
-def check_memcached_module(store_type, url, args):
+def check_memcached(store_type, url, args):
+    import memcache
     module = args.setdefault('memcache_module', MEMCACHE_MODULE)
     if module != MEMCACHE_MODULE:
         raise ConfigurationError(
             'session.memcache_module: only %r (python-memcached) is '
             'supported: the store relies on how it reports dead servers.'
             % MEMCACHE_MODULE)
+    servers = url.split(';')
+    try:
+        memcache.Client(servers)
+    except ValueError:
+        valid = False
+    else:
+        # python-memcached would look for a host of that name.
+        valid = not any(re.search(r'[\s,]', server) for server in servers)
+    if not valid:
+        raise ConfigurationError(
+            'session.url: the ext:memcached store takes %s: servers '
+            'separated by semicolons, with no scheme (memcached://) and no '
+            'spaces.' % CLIENTS[store_type][2])
 
 
 def check_sql_url(store_type, url, args):
@@ -333,15 +359,40 @@ def check_sql_url(store_type, url, args):
         raise ConfigurationError(
             'session.url: an in-memory SQLite database is private to one '
             'connection; give a file: sqlite:////ABSOLUTE/PATH/sessions.db')
+    if dialect.name == 'sqlite':
+        path = parsed.database
+        if parsed.query.get('uri'):
+            path = urlsplit(path).path  # file:PATH?mode=...
+        if not os.path.isabs(path):
+            raise ConfigurationError(
+                'session.url: the SQLite database %s is a relative path, '
+                'which depends on the directory Zope starts in; give an '
+                'absolute one: sqlite:////ABSOLUTE/PATH/sessions.db'
+                % parsed.database)
+    if 'sa.url' in args:
+        # Beaker and the store make the engine for session.url.
+        raise ConfigurationError(
+            'session.sa.url: the database is session.url; remove it.')
     sa_opts = dict(SQL_ENGINE_DEFAULTS)
     for name in list(args):
         if name.startswith('sa.'):
             sa_opts[name] = args.pop(name)
+    for name, value in sorted(sa_opts.items()):
+        # SQLAlchemy checks the options when it makes an engine, which
+        # does not connect; the store would make it at the first request.
+        try:
+            sa.engine_from_config(
+                {'sa.url': url, name: value}, 'sa.').dispose()
+        except Exception as exc:
+            raise ConfigurationError(
+                'session.%s: SQLAlchemy refuses it (%s: %s); see the '
+                'arguments of create_engine() in its documentation.'
+                % (name, type(exc).__name__, exc))
     args['sa_opts'] = sa_opts
 
 
 CHECKS = {
     'redis': check_redis_url,
-    'memcached': check_memcached_module,
+    'memcached': check_memcached,
     'sqlalchemy': check_sql_url,
 }

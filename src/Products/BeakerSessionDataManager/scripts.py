@@ -169,19 +169,28 @@ def configuration_from(arguments, need_secret=True):
         name = name.strip()
         if not equals or not name:
             raise UsageError('-o %s: expected NAME=VALUE' % option)
-        if not name.startswith(config.PREFIXES):
-            name = 'session.' + name
-        settings[name] = value
+        settings = override(settings, name, value)
     if not settings:
         raise UsageError('name a zope.conf with -C, or give the options '
                          'with -o (e.g. -o session.type=file -o '
                          'session.data_dir=...)')
     if not need_secret and not any(
-            settings.get(prefix + 'secret') for prefix in config.PREFIXES):
+            value for setting, value in settings.items()
+            if config.option_name(setting) == 'secret'):
         # The cleanup signs no cookies; any good secret passes the check.
-        settings['session.secret'] = secrets.token_urlsafe(36)
+        settings = override(settings, 'secret', secrets.token_urlsafe(36))
     return config.SessionConfiguration(
-        settings, source=source, var_dir=var_dir)
+        settings, source=source, var_dir=var_dir, existing_directories=True)
+
+
+def override(settings, name, value):
+    """``settings`` with option ``name`` set to ``value``, however they
+    spell it (with a prefix or without)."""
+    option = config.option_name(name)
+    settings = {setting: given for setting, given in settings.items()
+                if config.option_name(setting) != option}
+    settings[name] = value
+    return settings
 
 
 def run_cleanup(arguments):

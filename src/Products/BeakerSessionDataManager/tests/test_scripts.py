@@ -274,6 +274,22 @@ def test_cleanup_options_override_zope_conf(call, instance):
     assert len(stored(configuration_of(path))) == 2
 
 
+def test_zope_conf_without_prefixes(call, instance):
+    path = zope_conf(instance, type='file', secret=SECRET, timeout=600)
+    with open(path) as f:
+        text = f.read()
+    with open(path, 'w') as f:
+        f.write(text.replace('    session.', '    '))
+    expired(configuration_of(path), 2)
+    assert 'timeout' in read_zope_conf(path)[0]
+    result = call('cleanup', '-C', path, '-o', 'session.timeout=0')
+    assert result.returncode == 0, result.stderr
+    assert 'session.timeout is 0' in result.stdout
+    result = call('cleanup', '-C', path, '-o', 'secret=', '-n')
+    assert result.returncode == 0, result.stderr
+    assert 'Would remove 2 expired sessions' in result.stdout
+
+
 @pytest.mark.parametrize('options, says', [
     (['-o', 'type=ext:redis', '-o', 'url=redis://127.0.0.1:1/0'],
      'Nothing to clean up: the ext:redis session store at '
@@ -347,16 +363,67 @@ def test_cleanup_reports_what_it_kept(call, tmp_path):
     assert stored(configuration) == set(old + broken)
 
 
-def test_unusable_data_dir(call, tmp_path):
-    """A store that cannot be made fails with one line, no traceback."""
+@pytest.mark.parametrize('store_type', ['file', 'dbm'])
+def test_directories_named_must_exist(call, tmp_path, store_type):
+    """A mistyped directory in a cron line is an error, not an empty
+    store made there."""
+    missing = tmp_path / 'nonexistent' / 'sessions'
+    os.makedirs(tmp_path / 'data')
+    for option, directories in (
+            ('data_dir', ['data_dir=%s' % missing]),
+            ('lock_dir', ['data_dir=%s' % (tmp_path / 'data'),
+                          'lock_dir=%s' % missing]),
+            ('%s_dir' % store_type, ['data_dir=%s' % (tmp_path / 'data'),
+                                     '%s_dir=%s' % (store_type, missing)])):
+        arguments = ['-o', 'type=' + store_type, '-o', 'secret=' + SECRET]
+        for setting in directories:
+            arguments += ['-o', setting]
+        for command in ('cleanup', 'check'):
+            result = call(command, *arguments)
+            assert result.returncode == 2
+            assert result.stderr == (
+                'beaker-sessions: FAILED: invalid configuration: session.%s: '
+                'there is no directory %s; check the path (Zope makes it '
+                'when it starts).\n' % (option, missing))
+    assert not os.path.exists(tmp_path / 'nonexistent')
+    assert os.listdir(tmp_path / 'data') == []
+
+
+def test_the_instances_own_directories_are_made(call, instance):
+    """Zope makes them at start-up; a new instance has none yet."""
+    path = zope_conf(instance, type='dbm', secret=SECRET)
+    result = call('cleanup', '-C', path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('Removed nothing from the dbm session')
+    assert os.path.isdir(instance / 'var' / 'sessions' / 'lock')
+
+
+@pytest.mark.parametrize('options, option', [
+    (['type=file', 'data_dir={tmp}/file/sessions'], 'session.data_dir'),
+    (['type=file', 'data_dir=/proc/nope'], 'session.data_dir'),
+    (['type=ext:memcached', 'url=memcached://127.0.0.1:11211'],
+     'session.url'),
+    (['type=ext:memcached', 'url=127.0.0.1:11211,127.0.0.1:11212'],
+     'session.url'),
+    (['type=ext:redis', 'url=redis://127.0.0.1:6379/0?ssl_cert_reqs=bogus'],
+     'session.url'),
+    (['type=ext:database', 'url=sqlite:///{tmp}/sessions.db',
+      'sa.pool_size=lots'], 'session.sa.pool_size'),
+    (['type=ext:database', 'url=sqlite:///{tmp}/sessions.db',
+      'sa.frobnicate=1'], 'session.sa.frobnicate'),
+])
+def test_wrong_values(call, tmp_path, options, option):
+    """A value the store cannot take is a configuration error, in one
+    line, with no traceback."""
     (tmp_path / 'file').write_text('')
-    options = ['-o', 'type=file', '-o', 'secret=' + SECRET,
-               '-o', 'data_dir=%s' % (tmp_path / 'file' / 'sessions')]
+    arguments = ['-o', 'secret=' + SECRET]
+    for setting in options:
+        arguments += ['-o', setting.format(tmp=tmp_path)]
     for command in ('cleanup', 'check'):
-        result = call(command, *options)
-        assert result.returncode == 1
+        result = call(command, *arguments)
+        assert result.returncode == 2
         assert result.stderr.startswith(
-            'beaker-sessions: FAILED: NotADirectoryError: ')
+            'beaker-sessions: FAILED: invalid configuration: %s: ' % option)
         assert 'Traceback' not in result.stderr
 
 
