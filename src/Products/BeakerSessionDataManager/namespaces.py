@@ -249,6 +249,18 @@ SQL_ENGINE_DEFAULTS = {
     # connection.
     'sa.pool_pre_ping': True,
 }
+# libpq's drivers wait for a server that accepts and never answers, and for
+# one gone from the network, for as long as TCP does (a quarter of an hour
+# and more), holding the request's thread; once every thread waits, no page
+# is served.  Unless session.url says otherwise (``?connect_timeout=``):
+LIBPQ_DRIVERS = ('psycopg2', 'psycopg')
+LIBPQ_CONNECT_ARGS = {
+    'connect_timeout': 5,
+    # A connection idle for 30 s is probed; three unanswered probes, 10 s
+    # apart, end it.
+    'keepalives': 1, 'keepalives_idle': 30, 'keepalives_interval': 10,
+    'keepalives_count': 3,
+}
 
 
 def namespace_for(store_type, args):
@@ -388,6 +400,10 @@ def check_sql_url(store_type, url, args):
                 'session.%s: SQLAlchemy refuses it (%s: %s); see the '
                 'arguments of create_engine() in its documentation.'
                 % (name, type(exc).__name__, exc))
+    if dialect.driver in LIBPQ_DRIVERS:
+        sa_opts['sa.connect_args'] = {
+            name: value for name, value in LIBPQ_CONNECT_ARGS.items()
+            if name not in parsed.query}
     args['sa_opts'] = sa_opts
 
 

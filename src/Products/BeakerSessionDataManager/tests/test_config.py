@@ -295,6 +295,17 @@ class ParseTests(unittest.TestCase):
                 '; see the arguments of create_engine() in its '
                 'documentation.'))
 
+    def test_libpq_timeouts_unless_the_url_gives_them(self):
+        # See test_outage: a server that never answers.
+        url = 'postgresql+psycopg2://zope@127.0.0.1/sessions'
+        for query, connect_timeout in (('', 5), ('?connect_timeout=20', None)):
+            store = config.configure(self.settings(
+                type='ext:database', url=url + query)).store
+            connect_args = store.namespace_args['sa_opts']['sa.connect_args']
+            self.assertEqual(connect_args.get('connect_timeout'),
+                             connect_timeout)
+            self.assertEqual(connect_args['keepalives_idle'], 30)
+
     def test_sqlite_needs_an_absolute_path(self):
         for url in ('sqlite:///sessions.db',
                     'sqlite:///file:sessions.db?uri=true'):

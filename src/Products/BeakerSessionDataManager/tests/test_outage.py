@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import threading
 import time
 import unittest
@@ -18,6 +19,7 @@ import unittest
 import pytest
 import redis
 
+from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager import redisclient
 from Products.BeakerSessionDataManager import status
 from Products.BeakerSessionDataManager.config import SessionConfiguration
@@ -314,3 +316,31 @@ class OutageLogTests(unittest.TestCase):
         self.assertIn('and 99 more failures', messages[2])
         self.assertIn('redis store answers again', messages[3])
         self.assertNotIn('secret data', ' '.join(messages))
+
+
+def test_a_postgresql_that_never_answers(secret, monkeypatch):
+    # A server that accepts connections and never answers (a hung
+    # PostgreSQL, the port of something else): the read fails after the
+    # connect timeout instead of holding the request's thread for good.
+    monkeypatch.setitem(namespaces.LIBPQ_CONNECT_ARGS, 'connect_timeout', 2)
+    with socket.socket() as silent:
+        silent.bind(('127.0.0.1', 0))
+        silent.listen(16)
+        store = SessionConfiguration({
+            'session.type': 'ext:database',
+            'session.url': 'postgresql+psycopg2://zope@127.0.0.1:%d/sessions'
+                           % silent.getsockname()[1],
+            'session.secret': secret}).store
+        outcome = []
+
+        def load():
+            try:
+                outcome.append(store.load(secrets.token_hex(16)))
+            except Exception as exc:
+                outcome.append(exc)
+
+        reading = threading.Thread(target=load, daemon=True)
+        reading.start()
+        reading.join(30)
+        assert len(outcome) == 1, 'still waiting'
+        assert 'timeout expired' in str(outcome[0])
