@@ -251,6 +251,25 @@ class RedisStore(RedisRecords):
             return slot.run(*command)
 
 
+def cluster_options(namespace_args):
+    """The connection options among ``namespace_args``, zope.conf's strings
+    read as redis-py reads them in a URL's query (``socket_timeout 5``)."""
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+    options = {}
+    for name, value in namespace_args.items():
+        if name in ('urls', 'timeout'):
+            continue
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if parser is not None and isinstance(value, str):
+            try:
+                value = parser(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(
+                    'session.%s: invalid value %r (%s)' % (name, value, exc))
+        options[name] = value
+    return options
+
+
 def cluster_client(namespace_args):
     """redis-py's cluster client of ``session.url``: its nodes, the first
     URL's credentials and parameters, the other options as Beaker passes
@@ -268,8 +287,7 @@ def cluster_client(namespace_args):
     options = {'socket_timeout': DEFAULT_SOCKET_TIMEOUT,
                'socket_connect_timeout': DEFAULT_CONNECT_TIMEOUT,
                'retry': Retry(NoBackoff(), 1)}
-    options.update((name, value) for name, value in namespace_args.items()
-                   if name not in ('urls', 'timeout'))
+    options.update(cluster_options(namespace_args))
     nodes = []
     for url in others:
         parsed = parse_url(url)
@@ -283,6 +301,7 @@ class RedisClusterStore(RedisRecords):
 
     def __init__(self, namespace_class, namespace_args, **kw):
         super().__init__(namespace_class, namespace_args, **kw)
+        cluster_options(self.namespace_args)  # Wrong values stop start-up.
         self._cluster = None
         self._cluster_lock = threading.Lock()
         self._write_if_unchanged = None  # The script, with the client.

@@ -589,6 +589,22 @@ class StoreConfigurationTests(unittest.TestCase):
                             type='ext:rediscluster',
                             url='redis://127.0.0.1:7000/3')
 
+    def test_rediscluster_connection_options_from_zope_conf(self):
+        # Strings, read as redis-py reads them in a URL: the store works.
+        cluster = servers.shared_redis_cluster()
+        store = self.configure(type='ext:rediscluster', url=cluster.urls,
+                               socket_timeout='2.5',
+                               retry_on_timeout='true').store
+        session_id = new_id()
+        store.merge(session_id, lambda record: {'n': 1})
+        self.assertEqual(store.load(session_id)['n'], 1)
+        pool = store.cluster().get_default_node().redis_connection
+        self.assertEqual(
+            pool.connection_pool.connection_kwargs['socket_timeout'], 2.5)
+        self.assertRejected('session.socket_timeout', "'soon'",
+                            type='ext:rediscluster', url=cluster.urls,
+                            socket_timeout='soon')
+
     def test_bad_urls(self):
         self.assertRejected('session.url', 'redis://',
                             type='ext:redis', url='127.0.0.1:6379')
