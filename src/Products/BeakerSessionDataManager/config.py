@@ -65,7 +65,7 @@ SESSION_OPTIONS = frozenset([
 # give (not digest_filenames, which the stores set, nor the ones that take
 # Python objects: dbmmodule, sa_opts, bind, table).  'sa.' stands for every
 # option of SQLAlchemy's engine; ext:rediscluster also takes redis-py's
-# connection options (cluster_options).
+# connection options (cluster_option_names).
 STORE_OPTIONS = {
     'cookie': (),
     'memory': (),
@@ -386,10 +386,10 @@ def takes(store_type, name):
     options = STORE_OPTIONS[store_type]
     if name in options or 'sa.' in options and name.startswith('sa.'):
         return True
-    return store_type == 'ext:rediscluster' and name in cluster_options()
+    return store_type == 'ext:rediscluster' and name in cluster_option_names()
 
 
-def cluster_options():
+def cluster_option_names():
     """The options redis-py's cluster client hands to its connections; the
     store passes it its other options, as Beaker does."""
     try:
@@ -404,7 +404,7 @@ def known_names(store_type=None):
     """The names of the options, for suggestions."""
     names = SESSION_OPTIONS.union(*STORE_OPTIONS.values()) - {'sa.'}
     if store_type == 'ext:rediscluster':
-        names |= cluster_options()
+        names |= cluster_option_names()
     return sorted(names)
 
 

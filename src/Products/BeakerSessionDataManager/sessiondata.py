@@ -114,19 +114,18 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
     @security.protected(access_session_data)
     def hasSessionData(self):
         """See ISessionDataManager: answered without creating a session."""
-        session = self._browser_session(create=0)
-        if session is None:
+        if self._browser_session(create=0) is None:
             return 0  # No browser id: stock's answer.
-        return not session._id_only
+        return self._existing_session() is not None
 
     @security.protected(access_user_session_data)
     def getSessionDataByKey(self, key):
         """See ISessionDataManager."""
         request = self._request()
         sessions = self._request_sessions(request)
-        current = self.getSessionData(create=0)
+        current = self._existing_session()
         if current is not None and current.getContainerKey() == key:
-            return current
+            return current.__of__(self)
         if not isinstance(key, str) or not SESSION_ID(key):
             return None  # Not an id this product makes: not in the store.
         if key not in sessions.by_key:
@@ -139,7 +138,7 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
     @security.protected(access_user_session_data)
     def clearSessionData(self):
         """See IMutableSessionDataManager."""
-        session = self.getSessionData(create=0)
+        session = self._existing_session()
         if session is not None:
             session.clear()
 
@@ -229,6 +228,12 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             session = sessions.current = self._create(request)
             session._id_only = id_only
         return session
+
+    def _existing_session(self):
+        """This request's session if the browser has one, not just an id
+        (nor making one of it, as getSessionData does)."""
+        session = self._browser_session(create=0)
+        return None if session is None or session._id_only else session
 
     def _request_sessions(self, request):
         per_manager = request.__dict__.setdefault(REQUEST_STATE_KEY, {})

@@ -625,6 +625,20 @@ return repr(data.get('x'))
 return repr(context.session_data_manager.getSessionDataByKey(key))
 ''', params='key')
 
+    def test_lookups_by_a_manager_with_a_browser_id_create_nothing(self):
+        self.addScript('has_session', '''\
+return repr(bool(context.session_data_manager.hasSessionData()))
+''')
+        self.addScript('look_up', '''\
+sdm = context.session_data_manager
+sdm.clearSessionData()
+return repr(sdm.getSessionDataByKey('0' * 32))
+''')
+        manager = self.browser(manager=True)
+        self.browserId(manager)
+        self.assertEqual(self.get(manager, '/look_up'), 'None')
+        self.assertEqual(self.get(manager, '/has_session'), 'False')
+
     def test_getSessionDataByKey_with_an_unknown_key_is_None(self):
         self.addByKey()
         manager = self.browser(manager=True)
