@@ -21,6 +21,7 @@ from . import config
 from . import status
 from .cleanup import layout_for
 from .interfaces import ConfigurationError
+from .interfaces import SessionDataManagerErr
 from .outages import describe
 from .permissions import change_session_data_managers
 from .store import MiddlewareStore
@@ -117,6 +118,31 @@ class SessionDataManagerZMI:
         __name__='manage_main')
     security.declareProtected(view_management_screens,  # NOQA: D001
                               'manage_main')
+
+    # Stock's management API, for scripts that set up sites.
+
+    @security.protected(change_session_data_managers)
+    def setTitle(self, title):
+        self.title = str(title) if title else ''
+
+    @security.protected(view_management_screens)
+    def getContainerPath(self):
+        """No session data container: stock's answer for none."""
+        return ''
+
+    @security.protected(view_management_screens)
+    def hasSessionDataContainer(self):
+        """Whether sessions have a store (stock: True, or None)."""
+        if self.getSessionOrigin() is not None:
+            return True
+
+    @security.protected(change_session_data_managers)
+    def setContainerPath(self, path=None):
+        """Refused: the store is chosen in zope.conf."""
+        raise SessionDataManagerErr(
+            'Beaker sessions have no session data container: the store is '
+            'set by the session.* options of <product-config beaker> in '
+            'zope.conf.')
 
     @security.protected(view_management_screens)
     def getRequestName(self):

@@ -788,6 +788,10 @@ class TestDeliberateDifferences(PublishingTestCase):
     - After ``invalidate()`` stock keeps the browser id and gives the next
       session a new ``getId()`` under the same ``getContainerKey()``; ours
       gives the browser a new id, so an old id cannot reach the new session.
+    - The manager has no session data container: ``getContainerPath()``
+      is '' and ``setContainerPath()`` is refused (the store is set in
+      zope.conf).
+    - The browser id manager's ``getCookieHTTPOnly()`` is true by default.
     """
 
     layer = testing.FUNCTIONAL_TESTING
@@ -907,6 +911,27 @@ return '%s %s' % (session.getContainerKey(), session.getId())
         self.assertEqual(
             self.withEach(scenario),
             {'stock': (True, False), 'beaker': (False, False)})
+
+    def test_management_api_of_the_manager(self):
+        # For scripts that set up sites; ours has no container to point at.
+        self.addScript('manage_sdm', '''\
+from Products.Sessions.interfaces import SessionDataManagerErr
+sdm = context.session_data_manager
+sdm.setTitle('Sessions')
+result = [sdm.title, sdm.hasSessionDataContainer(), sdm.getContainerPath()]
+try:
+    sdm.setContainerPath('/temp_folder/session_data')
+    result.append('set')
+except SessionDataManagerErr:
+    result.append('refused')
+return repr(result)
+''')
+        self.assertEqual(
+            self.withEach(lambda: self.get(self.browser(manager=True),
+                                           '/manage_sdm')),
+            {'stock': "['Sessions', True, '/temp_folder/session_data', "
+                      "'set']",
+             'beaker': "['Sessions', True, '', 'refused']"})
 
     def test_cookie_settings_of_the_browser_id_manager(self):
         # Stock's default manager sends no HttpOnly; ours does (README:
