@@ -270,10 +270,11 @@ def cluster_options(namespace_args):
     return options
 
 
-def cluster_client(namespace_args):
-    """redis-py's cluster client of ``session.url``: its nodes, the first
-    URL's credentials and parameters, the other options as Beaker passes
-    them, and where none says otherwise the timeouts of ``ext:redis``.  A
+def cluster_client(urls, connection_options):
+    """redis-py's cluster client of ``urls`` (``session.url``): its nodes,
+    the first URL's credentials and parameters, ``connection_options``
+    (see cluster_options), and where none says otherwise the timeouts of
+    ``ext:redis``.  A
     command is sent once more after a lost connection or a timeout, on
     the cluster's slots asked again: a node that stopped answering holds a
     request up for twice ``socket_timeout`` (redis-py's own defaults held
@@ -283,11 +284,11 @@ def cluster_client(namespace_args):
     from redis.cluster import RedisCluster
     from redis.connection import parse_url
     from redis.retry import Retry
-    first, *others = [url.strip() for url in namespace_args['urls'].split(',')]
+    first, *others = [url.strip() for url in urls.split(',')]
     options = {'socket_timeout': DEFAULT_SOCKET_TIMEOUT,
                'socket_connect_timeout': DEFAULT_CONNECT_TIMEOUT,
                'retry': Retry(NoBackoff(), 1)}
-    options.update(cluster_options(namespace_args))
+    options.update(connection_options)
     nodes = []
     for url in others:
         parsed = parse_url(url)
@@ -301,7 +302,8 @@ class RedisClusterStore(RedisRecords):
 
     def __init__(self, namespace_class, namespace_args, **kw):
         super().__init__(namespace_class, namespace_args, **kw)
-        cluster_options(self.namespace_args)  # Wrong values stop start-up.
+        # Read at start-up: a wrong value stops Zope.
+        self._connection_options = cluster_options(self.namespace_args)
         self._cluster = None
         self._cluster_lock = threading.Lock()
         self._write_if_unchanged = None  # The script, with the client.
@@ -312,7 +314,8 @@ class RedisClusterStore(RedisRecords):
         if self._cluster is None:
             with self._cluster_lock:
                 if self._cluster is None:
-                    client = cluster_client(self.namespace_args)
+                    client = cluster_client(self.namespace_args['urls'],
+                                            self._connection_options)
                     self._write_if_unchanged = client.register_script(
                         CLUSTER_COMPARE_AND_SET)
                     self._cluster = client

@@ -218,12 +218,11 @@ class BeakerSessionData(Implicit):
         return bool(self._changed or self._deleted or self._cleared
                     or self._invalid or self._mutated_keys())
 
-    def _access(self):
+    def _access(self, now):
         """The session is handed out: a new one, or one last accessed over
-        the write granularity ago, is accessed now, as stock's container
+        the write granularity ago, is accessed ``now``, as stock's container
         records it (``getLastAccessed()`` tells at once); the commit writes
         the time."""
-        now = time.time()
         if self._is_new or \
                 now - self._last_accessed > self._write_granularity:
             self._last_accessed = now

@@ -114,9 +114,10 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
     @security.protected(access_session_data)
     def hasSessionData(self):
         """See ISessionDataManager: answered without creating a session."""
-        if self._browser_session(create=0) is None:
+        session = self._browser_session(create=0)
+        if session is None:
             return 0  # No browser id: stock's answer.
-        return self._existing_session() is not None
+        return not session._id_only
 
     @security.protected(access_user_session_data)
     def getSessionDataByKey(self, key):
@@ -300,10 +301,11 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         else:
             granularity = configuration.write_granularity
             timeout = configuration.timeout
-        session = BeakerSessionData(session_id, record, granularity,
-                                    time.time(), store, timeout)
+        now = time.time()
+        session = BeakerSessionData(session_id, record, granularity, now,
+                                    store, timeout)
         session._zodb_connection = self._p_jar
-        session._access()
+        session._access(now)
         return session
 
     def _create(self, request):

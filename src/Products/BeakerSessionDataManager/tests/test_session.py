@@ -3,6 +3,7 @@ import collections
 import os
 import shutil
 import tempfile
+import time
 import unittest
 
 from beaker.container import FileNamespaceManager
@@ -36,9 +37,10 @@ class SessionTestCase(unittest.TestCase):
 
     def session(self, session_id=SESSION_ID):
         """The session as a new request would load it."""
+        now = time.time()
         session = BeakerSessionData(session_id, self.store.load(session_id),
-                                    store=self.store, timeout=1200)
-        session._access()
+                                    now=now, store=self.store, timeout=1200)
+        session._access(now)
         return session
 
     def stored(self, session_id=SESSION_ID):
