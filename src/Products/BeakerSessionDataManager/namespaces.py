@@ -261,6 +261,11 @@ LIBPQ_CONNECT_ARGS = {
     'keepalives': 1, 'keepalives_idle': 30, 'keepalives_interval': 10,
     'keepalives_count': 3,
 }
+# Keepalives wait while a query is unanswered; a query sent to a server gone
+# from the network (host down, cable cut) would wait for TCP's
+# retransmissions instead, a quarter of an hour.  libpq 12 and newer end it
+# once data sent has gone 30 s unacknowledged; older ones refuse the option.
+LIBPQ_USER_TIMEOUT = {'tcp_user_timeout': 30000}
 
 
 def namespace_for(store_type, args):
@@ -348,6 +353,16 @@ def check_memcached(store_type, url, args):
             'spaces.' % CLIENTS[store_type][2])
 
 
+def libpq_version(driver):
+    """The version of the libpq that ``driver`` runs on, as libpq numbers
+    it (120000 for 12.0)."""
+    if driver == 'psycopg2':
+        from psycopg2.extensions import libpq_version
+        return libpq_version()
+    from psycopg import pq
+    return pq.version()
+
+
 def check_sql_url(store_type, url, args):
     import sqlalchemy as sa
     try:
@@ -401,8 +416,11 @@ def check_sql_url(store_type, url, args):
                 'arguments of create_engine() in its documentation.'
                 % (name, type(exc).__name__, exc))
     if dialect.driver in LIBPQ_DRIVERS:
+        connect_args = dict(LIBPQ_CONNECT_ARGS)
+        if libpq_version(dialect.driver) >= 120000:
+            connect_args.update(LIBPQ_USER_TIMEOUT)
         sa_opts['sa.connect_args'] = {
-            name: value for name, value in LIBPQ_CONNECT_ARGS.items()
+            name: value for name, value in connect_args.items()
             if name not in parsed.query}
     args['sa_opts'] = sa_opts
 

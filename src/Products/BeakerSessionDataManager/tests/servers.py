@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -319,8 +320,10 @@ class TcpProxy:
     ones, like a server that died; ``start()`` serves again on the same
     port."""
 
-    def __init__(self, target_port, target_host='127.0.0.1', port=None):
+    def __init__(self, target_port, target_host='127.0.0.1', port=None,
+                 host='127.0.0.1'):
         self.target = (target_host, target_port)
+        self.host = host
         self.port = port or free_port()
         self.listener = None
         self.sockets = set()
@@ -329,7 +332,7 @@ class TcpProxy:
     def start(self):
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(('127.0.0.1', self.port))
+        listener.bind((self.host, self.port))
         listener.listen(64)
         self.listener = listener
         threading.Thread(target=self._accept, args=(listener,),
@@ -393,6 +396,86 @@ class TcpProxy:
             self._close(sock)
 
     kill = stop
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+class VanishingHost:
+    """A server on another host that can vanish from the network, as a
+    host that crashed or lost its cable does: packets to it are dropped
+    without an answer, where a dead server's host refuses them.
+
+    The host is a network namespace with a virtual cable (a veth pair);
+    a proxy in it forwards ``address`` to the loopback port
+    ``target_port`` through a ``TcpProxy`` on our end of the cable, and
+    ``vanish()`` unplugs the cable at the host's end.  Needs root and
+    ``ip`` (iproute2).
+    """
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.name = 'bsdm%s' % uuid.uuid4().hex[:8]
+        subnet = uuid.uuid4().int % 16384 * 4  # a /30 in 10.213.0.0/16
+        self.ours = '10.213.%d.%d' % (subnet // 256, subnet % 256 + 1)
+        self.theirs = '10.213.%d.%d' % (subnet // 256, subnet % 256 + 2)
+        self.address = (self.theirs, 5432)
+        self.relay = None
+        self.proxy = None
+
+    def _ip(self, *args):
+        subprocess.run(('ip',) + args, check=True, capture_output=True)
+
+    def _in_host(self, *args):
+        self._ip('netns', 'exec', self.name, 'ip', *args)
+
+    def start(self):
+        require_binary('ip')
+        try:
+            self._ip('netns', 'add', self.name)
+        except subprocess.CalledProcessError as exc:
+            unavailable('cannot make a network namespace (needs root): %s'
+                        % exc.stderr.decode().strip())
+        try:
+            ours, theirs = self.name + 'a', self.name + 'b'
+            self._ip('link', 'add', ours, 'type', 'veth',
+                     'peer', 'name', theirs)
+            self._ip('link', 'set', theirs, 'netns', self.name)
+            self._ip('addr', 'add', self.ours + '/30', 'dev', ours)
+            self._ip('link', 'set', ours, 'up')
+            self._in_host('addr', 'add', self.theirs + '/30', 'dev', theirs)
+            self._in_host('link', 'set', theirs, 'up')
+            self.relay = TcpProxy(self.target_port, host=self.ours).start()
+            self.proxy = subprocess.Popen(
+                ('ip', 'netns', 'exec', self.name, sys.executable, '-c',
+                 'import time; from %s import TcpProxy; '
+                 'TcpProxy(%d, %r, %d, host=%r).start(); '
+                 'print("ready", flush=True); time.sleep(3600)'
+                 % (__name__, self.relay.port, self.ours, self.address[1],
+                    self.theirs)),
+                stdout=subprocess.PIPE, text=True)
+            if self.proxy.stdout.readline().strip() != 'ready':
+                raise RuntimeError('the proxy in %s did not start'
+                                   % self.name)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def vanish(self):
+        self._in_host('link', 'set', self.name + 'b', 'down')
+
+    def stop(self):
+        if self.proxy is not None:
+            self.proxy.kill()
+            self.proxy.wait()
+        if self.relay is not None:
+            self.relay.stop()
+        # Removing the namespace removes the cable too.
+        subprocess.run(('ip', 'netns', 'del', self.name), capture_output=True)
 
     def __enter__(self):
         return self.start()

@@ -8,6 +8,7 @@ from unittest import mock
 from Products.Sessions.interfaces import SessionDataManagerErr
 
 from Products.BeakerSessionDataManager import config
+from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager.interfaces import ConfigurationError
 
 
@@ -305,6 +306,19 @@ class ParseTests(unittest.TestCase):
             self.assertEqual(connect_args.get('connect_timeout'),
                              connect_timeout)
             self.assertEqual(connect_args['keepalives_idle'], 30)
+            self.assertEqual(connect_args['tcp_user_timeout'], 30000)
+
+    def test_no_user_timeout_for_a_libpq_before_12(self):
+        # It would refuse the option, and every connection with it.
+        url = 'postgresql+psycopg2://zope@127.0.0.1/sessions'
+        self.assertGreaterEqual(namespaces.libpq_version('psycopg2'), 120000)
+        with mock.patch.object(namespaces, 'libpq_version',
+                               return_value=110005):
+            store = config.configure(self.settings(
+                type='ext:database', url=url)).store
+        connect_args = store.namespace_args['sa_opts']['sa.connect_args']
+        self.assertNotIn('tcp_user_timeout', connect_args)
+        self.assertEqual(connect_args['connect_timeout'], 5)
 
     def test_sqlite_needs_an_absolute_path(self):
         for url in ('sqlite:///sessions.db',

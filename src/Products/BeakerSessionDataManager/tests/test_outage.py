@@ -16,6 +16,7 @@ import threading
 import time
 import unittest
 
+import psycopg2
 import pytest
 import redis
 
@@ -344,3 +345,47 @@ def test_a_postgresql_that_never_answers(secret, monkeypatch):
         reading.join(30)
         assert len(outcome) == 1, 'still waiting'
         assert 'timeout expired' in str(outcome[0])
+
+
+def test_a_postgresql_host_gone_from_the_network(secret, monkeypatch):
+    # Packets to the server are dropped without an answer (its host crashed,
+    # or lost its cable): the read fails once the query has gone
+    # unacknowledged for the user timeout, and the reconnection after the
+    # connect timeout, instead of waiting for TCP's retransmissions, a
+    # quarter of an hour.
+    if namespaces.libpq_version('psycopg2') < 120000:
+        servers.unavailable('libpq 12 or newer is needed for '
+                            'tcp_user_timeout')
+    monkeypatch.setitem(namespaces.LIBPQ_USER_TIMEOUT, 'tcp_user_timeout',
+                        2000)
+    monkeypatch.setitem(namespaces.LIBPQ_CONNECT_ARGS, 'connect_timeout', 2)
+    url = servers.postgresql_url()
+    table = servers.unique_name()
+    with servers.VanishingHost(5432) as host:
+        store = SessionConfiguration({
+            'session.type': 'ext:database',
+            'session.url': url.replace('127.0.0.1:5432', '%s:%d'
+                                       % host.address),
+            'session.table_name': table,
+            'session.secret': secret}).store
+        try:
+            assert store.load(secrets.token_hex(16)) is None
+            host.vanish()
+            outcome = []
+
+            def load():
+                try:
+                    outcome.append(store.load(secrets.token_hex(16)))
+                except Exception as exc:
+                    outcome.append(exc)
+
+            reading = threading.Thread(target=load, daemon=True)
+            reading.start()
+            reading.join(60)
+            assert len(outcome) == 1, 'still waiting'
+            # The ping of the pooled connection timed out; connecting
+            # again fails as the host is not there.
+            error = outcome[0]
+            assert isinstance(error, psycopg2.OperationalError), error
+        finally:
+            drop_table(url, table)
