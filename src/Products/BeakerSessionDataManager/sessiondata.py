@@ -212,7 +212,7 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         if request is None:
             raise SessionDataManagerErr(
                 'Sessions need a request; none is being published.')
-        return request
+        return outermost_request(request)
 
     def _browser_session(self, create=0, id_only=False):
         """This request's session, even one that is only a browser id."""
@@ -322,6 +322,23 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
 
 
 InitializeClass(BeakerSessionDataManager)
+
+
+def outermost_request(request):
+    """The request that ``request`` is a subrequest of, if any.
+
+    A subrequest (plone.subrequest: Diazo includes, tiles) has the
+    session of the request it is made in: with stock sessions both find
+    the same object in their shared ZODB connection.  So it uses that
+    request's sessions and response (the cookie of a new session).
+    """
+    while True:
+        other = getattr(request, 'other', None)
+        parent = other.get('PARENT_REQUEST') if isinstance(
+            other, dict) else None
+        if parent is None or parent is request:
+            return request
+        request = parent
 
 
 def remove_stale_hooks(container):
