@@ -7,6 +7,8 @@ use sessions.  Where this product differs on purpose, the difference is
 documented and pinned in ``TestDeliberateDifferences``.
 """
 
+import binascii
+import os
 import re
 import unittest
 
@@ -43,6 +45,30 @@ class AppendToSessionList(BrowserView):
         if notify:
             session._p_changed = 1
         return repr(items)
+
+
+class CSRFToken(BrowserView):
+    """Products.PluggableAuthService's CSRF token (utils.getCSRFToken and
+    checkCSRFToken, PAS 4.2), which every csrf_only ZMI form of PAS (users,
+    roles, groups) renders and checks: kept in the session as bytes.
+
+    Without ``csrf_token`` answers the token, as a form renders it; with
+    it, what the check says, and the type the session gave back.
+    """
+
+    def __call__(self, csrf_token=None):
+        session = getattr(self.request, 'SESSION', None)
+        token = session.get('_csrft_', None)
+        if token is None:
+            token = session['_csrft_'] = binascii.hexlify(os.urandom(20))
+        kept = type(token).__name__
+        if isinstance(token, bytes):
+            token = token.decode('utf8')
+        if csrf_token is None:
+            return token
+        if csrf_token != token:
+            return 'incorrect CSRF token'
+        return 'ok, kept as %s' % kept
 
 
 # What plone.subrequest (2.x) leaves out when it copies a request's
@@ -629,6 +655,18 @@ return repr(items)
         self.assertEqual(self.get(browser, '/show_list'), '[1, 2, 3]')
 
     # Real add-ons
+
+    def test_csrf_token_of_PluggableAuthService(self):
+        # A bytes value comes back as bytes; the form posts the token back.
+        register_views(self, **{'csrf-token': CSRFToken})
+        browser = self.browser()
+        token = self.get(browser, '/@@csrf-token')
+        self.assertEqual(self.get(browser, '/@@csrf-token', csrf_token=token),
+                         'ok, kept as bytes')
+        self.assertEqual(self.get(browser, '/@@csrf-token', csrf_token='x'),
+                         'incorrect CSRF token')
+        self.assertEqual(self.get(self.browser(), '/@@csrf-token',
+                                  csrf_token=token), 'incorrect CSRF token')
 
     def test_subrequest_shares_the_session_of_its_page(self):
         # plone.subrequest: the part sees what the page set before it, and
