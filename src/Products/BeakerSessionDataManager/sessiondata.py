@@ -167,12 +167,20 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             session._touched = True
             session._register()
             return session._id
-        data = dict(session._data)
-        session.invalidate()
-        fresh = self._browser_session(create=1, id_only=session._id_only)
-        fresh._created = session._created
-        fresh.update(data)
-        return fresh.getContainerKey()
+        # Renamed in place: code holding the session from before the login
+        # (``request.SESSION`` among them) goes on with it.  The record
+        # under the old id is deleted at commit.
+        request = self._request()
+        configuration = self._configuration()
+        self._session(session._id, None, session._store,
+                      configuration).invalidate()
+        session._id = configuration.cookie.new_id()
+        configuration.cookie.send(request.response, session._id)
+        session._is_new = True
+        session._changed.update(dict.fromkeys(session._data))
+        session._touched = True
+        session._register()
+        return session._id
 
     #
     #   Traversal hook: request.SESSION

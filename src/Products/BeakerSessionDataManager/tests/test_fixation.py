@@ -151,6 +151,32 @@ return first == sdm.regenerateSessionId()
         self.assertIsNone(self.store.load(old))
         self.assertEqual(self.browser.get('/counter').text, '3')
 
+    def test_session_held_across_the_login_keeps_its_writes(self):
+        # Code after the login (an IUserLoggedInEvent subscriber, the rest
+        # of a login form) writes to request.SESSION, or to the session it
+        # took before: with stock sessions, which keep their id at login,
+        # those writes are kept, and so they are here.
+        add_script(self.app, 'login_and_write', """\
+session = context.REQUEST.SESSION
+session['before'] = 1
+new = context.session_data_manager.regenerateSessionId()
+session['held'] = 2
+context.REQUEST.SESSION['request'] = 3
+return new == context.REQUEST.SESSION.getContainerKey()
+""")
+        add_script(self.app, 'sorted_keys', """\
+keys = context.REQUEST.SESSION.keys()
+keys.sort()
+return repr(keys)
+""")
+        transaction.commit()
+        old = self.start_session()
+        self.assertEqual(self.browser.get('/login_and_write').text, 'True')
+        self.assertNotEqual(self.session_id(), old)
+        self.assertIsNone(self.store.load(old))
+        self.assertEqual(self.browser.get('/sorted_keys').text,
+                         "['before', 'held', 'n', 'request']")
+
     def test_failed_login_keeps_the_old_id(self):
         add_script(self.app, 'failed_login', LOGIN.replace('return ', '')
                    + '\nraise ValueError')
