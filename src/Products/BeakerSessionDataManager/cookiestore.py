@@ -14,13 +14,11 @@ response.  Zope's ``response.setCookie`` URL-quotes every value (even with
 out as a Set-Cookie header of its own.
 """
 import hmac
-import json
 import os
 
 from beaker import crypto
 from beaker._compat import b64decode
 from beaker._compat import b64encode
-from beaker.util import JsonSerializer
 
 import transaction
 from zope.interface import implementer
@@ -33,6 +31,8 @@ from .browserid import SessionCookie
 from .interfaces import ISessionStore
 from .interfaces import SessionTooLargeError
 from .interfaces import SessionValueError
+from .jsonvalues import SessionJsonSerializer
+from .jsonvalues import dumps
 from .session import INTERNAL_KEYS
 from .session import expired
 
@@ -62,7 +62,7 @@ class SessionRecordCookie(SessionCookie):
         self.crypto = crypto_module
         self.nonce_length, self.nonce_b64length = crypto.get_nonce_size(
             nonce_bits)
-        self.serializer = JsonSerializer()
+        self.serializer = SessionJsonSerializer()
         self.store = CookieStore(self)
 
     def read(self, request):
@@ -210,7 +210,7 @@ class RequestCookieStore:
             raise SessionValueError(
                 'The session cannot be stored in its cookie: the cookie '
                 'store keeps JSON values only (str, int, float, bool, None, '
-                'list, dict); not %s: %s'
+                'list, dict) and bytes; not %s: %s'
                 % (', '.join(map(repr, not_json(record))), exc))
         if len(header) > MAX_COOKIE_SIZE:
             raise SessionTooLargeError(
@@ -245,7 +245,7 @@ def not_json(record):
     keys = []
     for key, value in user_items(record):
         try:
-            json.dumps({key: value})
+            dumps({key: value})
         except (TypeError, ValueError):
             keys.append(key)
     return keys
@@ -253,6 +253,6 @@ def not_json(record):
 
 def largest(record, count=3):
     """The keys of ``record`` whose values take the most room."""
-    sizes = sorted(((len(json.dumps(value)), key)
+    sizes = sorted(((len(dumps(value)), key)
                     for key, value in user_items(record)), reverse=True)
     return [key for size, key in sizes[:count]]

@@ -167,12 +167,20 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             session._touched = True
             session._register()
             return session._id
-        data = dict(session._data)
-        session.invalidate()
-        fresh = self._browser_session(create=1, id_only=session._id_only)
-        fresh._created = session._created
-        fresh.update(data)
-        return fresh.getContainerKey()
+        # Renamed in place: code holding the session from before the login
+        # (``request.SESSION`` among them) goes on with it.  The record
+        # under the old id is deleted at commit.
+        request = self._request()
+        configuration = self._configuration()
+        self._session(session._id, None, session._store,
+                      configuration).invalidate()
+        session._id = configuration.cookie.new_id()
+        configuration.cookie.send(request.response, session._id)
+        session._is_new = True
+        session._changed.update(dict.fromkeys(session._data))
+        session._touched = True
+        session._register()
+        return session._id
 
     #
     #   Traversal hook: request.SESSION
@@ -212,7 +220,7 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         if request is None:
             raise SessionDataManagerErr(
                 'Sessions need a request; none is being published.')
-        return request
+        return outermost_request(request)
 
     def _browser_session(self, create=0, id_only=False):
         """This request's session, even one that is only a browser id."""
@@ -322,6 +330,23 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
 
 
 InitializeClass(BeakerSessionDataManager)
+
+
+def outermost_request(request):
+    """The request that ``request`` is a subrequest of, if any.
+
+    A subrequest (plone.subrequest: Diazo includes, tiles) has the
+    session of the request it is made in: with stock sessions both find
+    the same object in their shared ZODB connection.  So it uses that
+    request's sessions and response (the cookie of a new session).
+    """
+    while True:
+        other = getattr(request, 'other', None)
+        parent = other.get('PARENT_REQUEST') if isinstance(
+            other, dict) else None
+        if parent is None or parent is request:
+            return request
+        request = parent
 
 
 def remove_stale_hooks(container):

@@ -23,7 +23,6 @@ from beaker.crypto import get_crypto_module
 from beaker.crypto import get_nonce_size
 from beaker.ext.sqla import SqlaNamespaceManager
 from beaker.synchronization import FileSynchronizer
-from beaker.util import JsonSerializer
 from beaker.util import PickleSerializer
 
 import transaction
@@ -33,6 +32,7 @@ from zope.interface import implementer
 from . import references
 from .interfaces import ISessionStore
 from .interfaces import SessionValueError
+from .jsonvalues import SessionJsonSerializer
 from .session import expired
 
 
@@ -118,7 +118,7 @@ class BeakerStore:
         if self.ttl:
             # Redis reads its key expiry from here, as with Beaker sessions.
             self.namespace_args.setdefault('timeout', self.ttl)
-        self.serializer = (JsonSerializer() if serializer == 'json'
+        self.serializer = (SessionJsonSerializer() if serializer == 'json'
                            else PickleSerializer())
         # What PickleSerializer calls, without the calls around it.
         if serializer == 'json':
@@ -166,7 +166,7 @@ class BeakerStore:
                 % ('s' if len(keys) > 1 else '',
                    ', '.join(map(repr, keys)) or 'a key',
                    'encoded as JSON' if isinstance(
-                       self.serializer, JsonSerializer) else 'pickled',
+                       self.serializer, SessionJsonSerializer) else 'pickled',
                    type(exc).__name__, exc)) from exc
         if not self.encrypt_key:
             return b2a_base64(data, newline=False).decode('ascii')

@@ -32,8 +32,6 @@ PRODUCTS = (
     'Products.BeakerSessionDataManager',
 )
 
-PACKAGE_DIR = os.path.dirname(__file__)
-
 logger = logging.getLogger(__name__)
 
 
@@ -105,11 +103,20 @@ class BeakerSessionDataManagerFixture(Layer):
         zca.pushGlobalRegistry()
         self['configurationContext'] = context = zca.stackConfigurationContext(
             self.get('configurationContext'))
-        import Products.Sessions
-        xmlconfig.file('configure.zcml', Products.Sessions, context=context)
-        zcml = os.path.join(PACKAGE_DIR, 'configure.zcml')
-        if os.path.exists(zcml):
-            xmlconfig.file(zcml, context=context)
+        load_zcml(context)
+
+
+def load_zcml(context):
+    """Load Products.Sessions' configure.zcml (its manage_afterAdd hooks)
+    and this product's (the login subscriber, where Products.
+    PluggableAuthService is installed), each with its package, as Zope
+    does at start-up."""
+    import Products.Sessions
+
+    import Products.BeakerSessionDataManager
+    xmlconfig.file('configure.zcml', Products.Sessions, context=context)
+    xmlconfig.file('configure.zcml', Products.BeakerSessionDataManager,
+                   context=context)
 
 
 FIXTURE = BeakerSessionDataManagerFixture()

@@ -7,16 +7,25 @@ use sessions.  Where this product differs on purpose, the difference is
 documented and pinned in ``TestDeliberateDifferences``.
 """
 
+import binascii
+import os
+import re
 import unittest
 
 import transaction
+from AccessControl.SecurityManagement import getSecurityManager
+from AccessControl.SecurityManagement import setSecurityManager
+from Acquisition import aq_base
 from OFS.Folder import manage_addFolder
 from Products.Five import BrowserView
 from Products.PageTemplates.ZopePageTemplate import manage_addPageTemplate
 from Products.PythonScripts.PythonScript import manage_addPythonScript
 from zope.component import getGlobalSiteManager
+from zope.globalrequest import getRequest
+from zope.globalrequest import setRequest
 from zope.interface import Interface
 from zope.publisher.interfaces.browser import IDefaultBrowserLayer
+from ZPublisher.BaseRequest import RequestContainer
 
 from Products.BeakerSessionDataManager import testing
 from Products.BeakerSessionDataManager.tests import stores
@@ -36,6 +45,103 @@ class AppendToSessionList(BrowserView):
         if notify:
             session._p_changed = 1
         return repr(items)
+
+
+class CSRFToken(BrowserView):
+    """Products.PluggableAuthService's CSRF token (utils.getCSRFToken and
+    checkCSRFToken, PAS 4.2), which every csrf_only ZMI form of PAS (users,
+    roles, groups) renders and checks: kept in the session as bytes.
+
+    Without ``csrf_token`` answers the token, as a form renders it; with
+    it, what the check says, and the type the session gave back.
+    """
+
+    def __call__(self, csrf_token=None):
+        session = getattr(self.request, 'SESSION', None)
+        token = session.get('_csrft_', None)
+        if token is None:
+            token = session['_csrft_'] = binascii.hexlify(os.urandom(20))
+        kept = type(token).__name__
+        if isinstance(token, bytes):
+            token = token.decode('utf8')
+        if csrf_token is None:
+            return token
+        if csrf_token != token:
+            return 'incorrect CSRF token'
+        return 'ok, kept as %s' % kept
+
+
+# What plone.subrequest (2.x) leaves out when it copies a request's
+# ``other`` into a subrequest.
+SUBREQUEST_IGNORE = {
+    'ACTUAL_URL', 'LANGUAGE_TOOL', 'PARENTS', 'PARENT_REQUEST', 'PUBLISHED',
+    'RESPONSE', 'SERVER_URL', 'TraversalRequestNameStack', 'URL',
+    'VIRTUAL_URL', 'VIRTUAL_URL_PARTS', 'VirtualRootPhysicalPath'}
+
+
+def subrequest(path):
+    """Publish ``path`` as plone.subrequest's ``subrequest()`` does (Plone
+    6: Diazo includes, plone.app.blocks tiles), as far as sessions see it:
+    a clone of the request with its ``other``, its response's cookies and
+    ``PARENT_REQUEST``, traversed from the root in the same transaction.
+    Returns what the published object returned."""
+    parent = getRequest()
+    security_manager = getSecurityManager()
+    request = parent.clone()
+    for name, value in parent.other.items():
+        if name not in SUBREQUEST_IGNORE and not name.startswith('_') \
+                and not re.match(r'^(?:BASE|URL)\d+$', name):
+            request.other[name] = value
+    for name, cookie in parent.response.cookies.items():
+        request.cookies[name] = cookie['value']
+    request['PARENT_REQUEST'] = parent
+    try:
+        setRequest(request)
+        app = aq_base(parent['PARENTS'][-1]).__of__(
+            RequestContainer(REQUEST=request))
+        request['PARENTS'] = [app]
+        request.environ['PATH_INFO'] = path
+        request.processInputs()
+        result = request.traverse(path)()
+        for name, cookie in request.response.cookies.items():
+            parent.response.cookies[name] = cookie
+        return result
+    finally:
+        request.clear()
+        setRequest(parent)
+        setSecurityManager(security_manager)
+
+
+class WithSubrequest(BrowserView):
+    """A page that uses the session, then renders a part of itself in a
+    subrequest (``/@@session-part``), then uses the session again."""
+
+    def __call__(self, first=True):
+        if first:
+            self.request.SESSION['page'] = 'before'
+        part = subrequest('/@@session-part')
+        self.request.SESSION['after'] = 'page'
+        return '%s; page: %s' % (part, sorted(self.request.SESSION.keys()))
+
+
+class SessionPart(BrowserView):
+    """A part (a tile, a Diazo include) reaching the session through the
+    manager, as pas.plugins.oidc and Products.PlonePAS do."""
+
+    def __call__(self):
+        session = self.context.session_data_manager.getSessionData()
+        session['part'] = 'tile'
+        return 'part: %s' % sorted(session.keys())
+
+
+def register_views(test, **views):
+    """Register ``views`` (name: class) for the test's duration."""
+    gsm = getGlobalSiteManager()
+    required = (Interface, IDefaultBrowserLayer)
+    for name, factory in views.items():
+        gsm.registerAdapter(factory, required, Interface, name)
+        test.addCleanup(
+            gsm.unregisterAdapter, factory, required, Interface, name)
 
 
 class PublishingTestCase(unittest.TestCase):
@@ -548,6 +654,42 @@ return repr(items)
         self.forgetCachedObjects()
         self.assertEqual(self.get(browser, '/show_list'), '[1, 2, 3]')
 
+    # Real add-ons
+
+    def test_csrf_token_of_PluggableAuthService(self):
+        # A bytes value comes back as bytes; the form posts the token back.
+        register_views(self, **{'csrf-token': CSRFToken})
+        browser = self.browser()
+        token = self.get(browser, '/@@csrf-token')
+        self.assertEqual(self.get(browser, '/@@csrf-token', csrf_token=token),
+                         'ok, kept as bytes')
+        self.assertEqual(self.get(browser, '/@@csrf-token', csrf_token='x'),
+                         'incorrect CSRF token')
+        self.assertEqual(self.get(self.browser(), '/@@csrf-token',
+                                  csrf_token=token), 'incorrect CSRF token')
+
+    def test_subrequest_shares_the_session_of_its_page(self):
+        # plone.subrequest: the part sees what the page set before it, and
+        # the page what the part set, in the request and afterwards.
+        register_views(self, **{'with-subrequest': WithSubrequest,
+                                'session-part': SessionPart})
+        self.addSetter()
+        self.addReader()
+        new = self.browser()
+        self.assertEqual(
+            self.get(new, '/@@with-subrequest'),
+            "part: ['page', 'part']; page: ['after', 'page', 'part']")
+        self.assertEqual(
+            self.get(new, '/show_keys'),
+            "[('after', 'page'), ('page', 'before'), ('part', 'tile')]")
+        known = self.browser()
+        self.get(known, '/set_value', key='earlier', value='1')
+        self.forgetCachedObjects()
+        self.assertEqual(
+            self.get(known, '/@@with-subrequest'),
+            "part: ['earlier', 'page', 'part']; "
+            "page: ['after', 'earlier', 'page', 'part']")
+
     # Transactions
 
     def test_failed_request_does_not_keep_its_writes(self):
@@ -792,6 +934,9 @@ class TestDeliberateDifferences(PublishingTestCase):
       is '' and ``setContainerPath()`` is refused (the store is set in
       zope.conf).
     - The browser id manager's ``getCookieHTTPOnly()`` is true by default.
+    - A subrequest (plone.subrequest) that starts the session of a new
+      browser: stock makes a second session for the page and keeps that
+      one; ours shares one.
     """
 
     layer = testing.FUNCTIONAL_TESTING
@@ -911,6 +1056,24 @@ return '%s %s' % (session.getContainerKey(), session.getId())
         self.assertEqual(
             self.withEach(scenario),
             {'stock': (True, False), 'beaker': (False, False)})
+
+    def test_subrequest_starting_the_session(self):
+        # plone.subrequest, in a page that had not used the session of a
+        # new browser: stock makes two sessions, the part's and the page's,
+        # and keeps the page's; ours makes one for both.
+        register_views(self, **{'with-subrequest': WithSubrequest,
+                                'session-part': SessionPart})
+        self.addReader()
+
+        def scenario():
+            browser = self.browser()
+            return (self.get(browser, '/@@with-subrequest', first=''),
+                    self.get(browser, '/show_keys'))
+        self.assertEqual(self.withEach(scenario), {
+            'stock': ("part: ['part']; page: ['after']",
+                      "[('after', 'page')]"),
+            'beaker': ("part: ['part']; page: ['after', 'part']",
+                       "[('after', 'page'), ('part', 'tile')]")})
 
     def test_management_api_of_the_manager(self):
         # For scripts that set up sites; ours has no container to point at.

@@ -5,7 +5,10 @@ and PAS's logged-in event.
 """
 import os
 import secrets
+import sys
+import types
 import unittest
+from unittest import mock
 
 import webtest
 from beaker.container import FileNamespaceManager
@@ -13,9 +16,14 @@ from beaker.middleware import SessionMiddleware
 
 import transaction
 from OFS.SimpleItem import SimpleItem
+from plone.testing import zca
+from zope.component import getGlobalSiteManager
+from zope.configuration import xmlconfig
+from zope.interface import Interface
 
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager import regenerate_session
+from Products.BeakerSessionDataManager import testing
 from Products.BeakerSessionDataManager.fixation import user_logged_in
 from Products.BeakerSessionDataManager.testing import \
     BEAKER_SESSIONS_FUNCTIONAL_TESTING
@@ -142,6 +150,32 @@ return first == sdm.regenerateSessionId()
         self.assertEqual(response.text, 'True')
         self.assertIsNone(self.store.load(old))
         self.assertEqual(self.browser.get('/counter').text, '3')
+
+    def test_session_held_across_the_login_keeps_its_writes(self):
+        # Code after the login (an IUserLoggedInEvent subscriber, the rest
+        # of a login form) writes to request.SESSION, or to the session it
+        # took before: with stock sessions, which keep their id at login,
+        # those writes are kept, and so they are here.
+        add_script(self.app, 'login_and_write', """\
+session = context.REQUEST.SESSION
+session['before'] = 1
+new = context.session_data_manager.regenerateSessionId()
+session['held'] = 2
+context.REQUEST.SESSION['request'] = 3
+return new == context.REQUEST.SESSION.getContainerKey()
+""")
+        add_script(self.app, 'sorted_keys', """\
+keys = context.REQUEST.SESSION.keys()
+keys.sort()
+return repr(keys)
+""")
+        transaction.commit()
+        old = self.start_session()
+        self.assertEqual(self.browser.get('/login_and_write').text, 'True')
+        self.assertNotEqual(self.session_id(), old)
+        self.assertIsNone(self.store.load(old))
+        self.assertEqual(self.browser.get('/sorted_keys').text,
+                         "['before', 'held', 'n', 'request']")
 
     def test_failed_login_keeps_the_old_id(self):
         add_script(self.app, 'failed_login', LOGIN.replace('return ', '')
@@ -303,3 +337,43 @@ class MiddlewareFixationTests(unittest.TestCase):
         self.assertFalse(self.stored(old))
         self.assertEqual(self.browser.get('/counter').text, '3')
         self.assertTrue(self.stored(new))
+
+
+class TestingFixtureZCMLTests(unittest.TestCase):
+    """``testing.FIXTURE`` loads the login subscriber where
+    Products.PluggableAuthService is installed (stubbed here: the test
+    extra does not install it), as Zope does at start-up."""
+
+    def setUp(self):
+        zca.pushGlobalRegistry()
+        self.addCleanup(zca.popGlobalRegistry)
+        events = types.ModuleType(
+            'Products.PluggableAuthService.interfaces.events')
+        events.IUserLoggedInEvent = IUserLoggedInEvent
+        stubs = {
+            'Products.PluggableAuthService': types.ModuleType(
+                'Products.PluggableAuthService'),
+            'Products.PluggableAuthService.interfaces': types.ModuleType(
+                'Products.PluggableAuthService.interfaces'),
+            'Products.PluggableAuthService.interfaces.events': events,
+        }
+        patcher = mock.patch.dict(sys.modules, stubs)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_login_subscriber(self):
+        import Products.Five
+        fixture = testing.BeakerSessionDataManagerFixture()
+        base = fixture['configurationContext'] = \
+            zca.stackConfigurationContext(name='Five')
+        xmlconfig.file('meta.zcml', Products.Five, context=base)
+        fixture.setUpZCML()
+        self.addCleanup(zca.popGlobalRegistry)
+        handlers = [registration.handler for registration
+                    in getGlobalSiteManager().registeredHandlers()
+                    if registration.required == (IUserLoggedInEvent,)]
+        self.assertEqual(handlers, [user_logged_in])
+
+
+class IUserLoggedInEvent(Interface):
+    """Stands for PAS's."""
