@@ -5,6 +5,8 @@
 #                   suite on Plone 6.2 (versions in constraints-plone.txt)
 #   make test-zope6 / make test-zope5 / make test-plone / make lint /
 #   make coverage / make clean
+#   make test-installed  tests of the sdist installed as a site installs it
+#                   (not editable), run from outside the checkout
 #   make bench      the benchmark (benchmarks/bench.py; BENCH_ARGS=--quick)
 #
 # Needs only Python 3 (3.10 or newer) and network access to PyPI.
@@ -27,13 +29,14 @@ VENV5 := .venv-zope5
 VENVPLONE := .venv-plone
 VENVBENCH := .venv-bench
 VENVDEMO := .venv-demo
+VENVINSTALLED := .venv-installed
 BENCH_ARGS ?=
 PLONE := Products.CMFPlone plone.app.testing
 PLONE_TESTS := src/Products/BeakerSessionDataManager/tests/plone
 INSTANCE := var/demo
 
-.PHONY: all run test test-zope6 test-zope5 test-plone lint coverage clean \
-    clean-demo bench
+.PHONY: all run test test-zope6 test-zope5 test-plone test-installed lint \
+    coverage clean clean-demo bench
 
 all: test
 
@@ -118,6 +121,27 @@ test-zope5: $(VENV5)/.installed
 test-plone: $(VENVPLONE)/.installed
 	@$(pytest_plone)
 
+# The sdist, built and installed with the stores' extras and Zope 6 in
+# $(VENVINSTALLED) (not editable), and the tests inside the package run from
+# a directory outside the checkout: files missing from the sdist or the
+# wheel pip builds from it, or tests that rely on the checkout, fail here.
+# A subset by default; INSTALLED_PYTEST_ARGS='' runs them all.
+INSTALLED_PYTEST_ARGS ?= -k 'test_config or test_zmi or test_scripts or test_manager'
+test-installed:
+	test -x $(VENVINSTALLED)/bin/python || $(PYTHON) -m venv $(VENVINSTALLED)
+	$(VENVINSTALLED)/$(PIP_INSTALL) --upgrade pip build
+	# A stale SOURCES.txt would add the files it lists to the sdist.
+	rm -rf build/sdist src/*.egg-info
+	$(VENVINSTALLED)/bin/python -m build --sdist --outdir build/sdist .
+	sdist=$$(ls build/sdist/*.tar.gz) && \
+	$(VENVINSTALLED)/$(PIP_INSTALL) "$$sdist[$(EXTRAS)]" $(ZOPE6) && \
+	$(VENVINSTALLED)/$(PIP_INSTALL) --force-reinstall --no-deps "$$sdist"
+	@outside=$$(mktemp -d) && cd $$outside && \
+	$(CURDIR)/$(VENVINSTALLED)/bin/pytest -p no:cacheprovider \
+	    --pyargs Products.BeakerSessionDataManager.tests \
+	    $(INSTALLED_PYTEST_ARGS); \
+	status=$$?; rm -rf $$outside; exit $$status
+
 lint: $(VENV)/.installed
 	$(VENV)/$(PIP_INSTALL) flake8 isort
 	$(VENV)/bin/flake8 src setup.py demo benchmarks
@@ -135,7 +159,8 @@ bench: $(VENVBENCH)/.installed
 	$(VENVBENCH)/bin/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV5) $(VENVPLONE) $(VENVBENCH) $(VENVDEMO) build dist .tox \
+	rm -rf $(VENV) $(VENV5) $(VENVPLONE) $(VENVBENCH) $(VENVDEMO) \
+	    $(VENVINSTALLED) build dist .tox \
 	    .pytest_cache .hypothesis .coverage .coverage.* htmlcov src/*.egg-info
 	find src demo -name __pycache__ -type d -prune -exec rm -rf {} +
 

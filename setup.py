@@ -1,14 +1,25 @@
 """Package metadata for Products.BeakerSessionDataManager."""
+import re
+
 from setuptools import find_namespace_packages
 from setuptools import setup
 
 
+REPOSITORY = 'https://github.com/davisagli/Products.BeakerSessionDataManager'
+# Where PyPI's page finds the images that README.rst names by their path in
+# the repository (docs/screenshots, benchmarks/results).
+RAW = ('https://raw.githubusercontent.com/davisagli/'
+       'Products.BeakerSessionDataManager/main/')
+
+
 def read(*names):
-    """Return the text of the files ``names``, joined by a blank line."""
+    """Return the text of the files ``names``, joined by a blank line, with
+    the paths of images made absolute."""
     texts = []
     for name in names:
         with open(name, encoding='utf-8') as f:
-            texts.append(f.read())
+            texts.append(re.sub(r'^(\.\. (?:image|figure):: )(?!\w+://)',
+                                r'\g<1>' + RAW, f.read(), flags=re.M))
     return '\n\n'.join(texts)
 
 
@@ -37,18 +48,15 @@ setup(
     long_description=read('README.rst', 'CHANGES.rst'),
     long_description_content_type='text/x-rst',
     author='Products.BeakerSessionDataManager contributors',
-    url='https://github.com/davisagli/Products.BeakerSessionDataManager',
+    url=REPOSITORY,
     project_urls={
-        'Issue Tracker': (
-            'https://github.com/davisagli/'
-            'Products.BeakerSessionDataManager/issues'),
-        'Sources': (
-            'https://github.com/davisagli/Products.BeakerSessionDataManager'),
-        'Changelog': (
-            'https://github.com/davisagli/Products.BeakerSessionDataManager'
-            '/blob/main/CHANGES.rst'),
+        'Issue Tracker': REPOSITORY + '/issues',
+        'Sources': REPOSITORY,
+        'Changelog': REPOSITORY + '/blob/main/CHANGES.rst',
     },
-    license='MIT',
+    # PEP 639: an SPDX expression (License-Expression), which supersedes
+    # the License :: classifiers.
+    license_expression='MIT',
     license_files=['LICENSE.txt'],
     keywords='Zope session Beaker session_data_manager redis memcached',
     classifiers=[
@@ -56,6 +64,7 @@ setup(
         'Environment :: Web Environment',
         'Framework :: Plone',
         'Framework :: Plone :: 6.0',
+        'Framework :: Plone :: 6.1',
         'Framework :: Plone :: 6.2',
         'Framework :: Zope',
         'Framework :: Zope :: 5',
