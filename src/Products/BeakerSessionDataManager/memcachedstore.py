@@ -91,13 +91,13 @@ class MemcachedStore(CompareAndSetStore):
                     guessed = False
                     expected = self._gets(key)
                     continue
-                self.client.delete(key)
+                self._delete(key)
                 return None
             raw = self.encode(record)
             if expected is None:
-                stored = self.client.add(key, raw, time=ttl)
+                stored = self._call('add', key, raw, time=ttl)
             elif self._version_known(key):
-                stored = self.client.cas(key, raw, time=ttl)
+                stored = self._call('cas', key, raw, time=ttl)
             else:
                 # python-memcached would turn the cas into a plain set.
                 stored = False
@@ -120,15 +120,46 @@ class MemcachedStore(CompareAndSetStore):
     def delete(self, session_id):
         """See ISessionStore."""
         self._remembered().pop(session_id, None)
-        self.client.delete(self.key(session_id))
+        self._delete(self.key(session_id))
 
     # -- helpers --
 
+    def _call(self, method, *args, **kw):
+        """The client's ``method``, sent once more on a new connection if
+        the server closed this thread's meanwhile.
+
+        A restarted memcached closes the connection each thread keeps to
+        it.  python-memcached finds that out at the thread's next command,
+        marks the server dead for 30 seconds and, though it means to try
+        once more on a new connection, does not (the server is dead): each
+        thread would fail for 30 seconds after a restart of a second.  A
+        server that is down fails the second attempt too (connection
+        refused), and stays marked dead.
+        """
+        client = self.client
+        connected = [server for server in client.servers if server.socket]
+        result = getattr(client, method)(*args, **kw)
+        if not result and connected:
+            broken = [server for server in connected
+                      if server.socket is None and server.deaduntil]
+            if broken:
+                for server in broken:
+                    server.deaduntil = 0
+                result = getattr(client, method)(*args, **kw)
+        return result
+
     def _gets(self, key):
-        raw = self.client.gets(key)
+        raw = self._call('gets', key)
         if raw is None:
             self._check_server(key)
         return raw
+
+    def _delete(self, key):
+        """Delete the item; python-memcached answers a server it cannot
+        reach as it answers a missing item: the server is checked, lest
+        an invalidated session silently stay."""
+        if not self._call('delete', key):
+            self._check_server(key)
 
     def _version_known(self, key):
         """Whether this thread's client has the version of the item it

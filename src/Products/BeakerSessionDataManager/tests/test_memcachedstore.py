@@ -126,6 +126,62 @@ class MemcachedStoreTests(unittest.TestCase):
         self.assertIsNone(store.load(session_id))
 
 
+class RestartTests(unittest.TestCase):
+    """A memcached restarted at once closes the connection a thread keeps:
+    python-memcached marks the server dead for 30 seconds at the thread's
+    next command unless the store tries again on a new connection."""
+
+    def setUp(self):
+        self.server = servers.MemcachedServer().start()
+        self.addCleanup(self.server.cleanup)
+        self.store = SessionConfiguration({
+            'session.type': 'ext:memcached',
+            'session.url': self.server.address,
+            'session.secret': new_secret()}).store
+
+    def restart(self):
+        self.server.kill()
+        self.server.start()
+
+    def test_a_restarted_server_is_used_at_once(self):
+        store = self.store
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(n=1))
+        self.restart()
+        # Read first: the restarted server has forgotten the session.
+        self.assertIsNone(store.load(session_id))
+        store.merge(session_id, lambda old: record(n=2))
+        self.assertEqual(store.load(session_id)['n'], 2)
+        # Written first (a new session: add).
+        self.restart()
+        other = secrets.token_hex(16)
+        store.merge(other, lambda old: record(n=3))
+        self.assertEqual(store.load(other)['n'], 3)
+        # Deleted first.
+        self.restart()
+        store.delete(other)
+        self.assertIsNone(store.load(other))
+
+    def test_a_server_that_stays_down_still_fails(self):
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda old: record(n=1))
+        self.server.kill()
+        with self.assertRaises(ConnectionError):
+            self.store.load(session_id)
+
+    def test_a_delete_that_reaches_no_server_fails(self):
+        # python-memcached answers it as it answers a missing item: an
+        # invalidated session (a logout) would silently stay.
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda old: record(n=1))
+        self.store.load(session_id)
+        self.server.kill()
+        with self.assertRaises(ConnectionError):
+            self.store.merge(session_id, lambda old: None)
+        with self.assertRaises(ConnectionError):
+            self.store.delete(session_id)
+
+
 class PoolWithADeadServerTests(unittest.TestCase):
     """python-memcached sends the key of a dead server to others of the
     pool, drawn ten times: a key can draw the dead one every time."""
