@@ -78,9 +78,11 @@ class FileStore(BeakerStore):
         """See ISessionStore."""
         try:
             descriptor = os.open(self.path(session_id), os.O_RDONLY)
-        except (FileNotFoundError, PermissionError):
-            # What Beaker's do_open makes of ENOENT and EACCES: nothing.
+        except FileNotFoundError:
             return None
+        # A file this user may not read (EACCES) is an error, although
+        # Beaker makes nothing of it: the session would look empty, and a
+        # write fail.
         try:
             fcntl.flock(descriptor, fcntl.LOCK_SH)
             # Empty for a file a crash cut short: no session.
@@ -229,13 +231,23 @@ def replace(path, data):
     descriptor = create(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
         try:
-            # Blocks allocated now, not when written back: replacing a file
-            # on ext4 (auto_da_alloc) otherwise first forces the new one's
-            # delayed allocation, half the cost of a write there.
-            os.posix_fallocate(descriptor, 0, len(data))
+            try:
+                # Blocks allocated now, not when written back: replacing a
+                # file on ext4 (auto_da_alloc) otherwise first forces the
+                # new one's delayed allocation, half the cost of a write
+                # there.
+                os.posix_fallocate(descriptor, 0, len(data))
+            except OSError:
+                pass  # Not for this filesystem: the write still is.
+            rewrite(descriptor, data, 0)
+        finally:
+            os.close(descriptor)
+        os.rename(temporary, path)
+    except BaseException:
+        # A full disk, say: what was written of the new file would keep
+        # its space until the cleanup; the old file stays as it was.
+        try:
+            os.remove(temporary)
         except OSError:
-            pass  # Not for this filesystem: the write still is.
-        rewrite(descriptor, data, 0)
-    finally:
-        os.close(descriptor)
-    os.rename(temporary, path)
+            pass
+        raise
