@@ -35,6 +35,7 @@ from .interfaces import SessionTooLargeError
 from .interfaces import SessionValueError
 from .session import INTERNAL_KEYS
 from .session import expired
+from .store import json_key_error
 
 
 # Browsers keep cookies of at least 4096 bytes, name, value and attributes
@@ -204,6 +205,11 @@ class RequestCookieStore:
         self.merge(session_id, lambda record: None)
 
     def _header(self, record):
+        problem = json_key_error(record)
+        if problem is not None:
+            raise SessionValueError(
+                'The session cannot be stored in its cookie: %s (it would '
+                'come back as a string).' % problem)
         try:
             header = self.cookie.header(self.cookie.encode(record))
         except (TypeError, ValueError) as exc:

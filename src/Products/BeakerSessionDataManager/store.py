@@ -84,6 +84,51 @@ def pickled_dict(data):
     return contents if isinstance(contents, dict) else {}
 
 
+def json_key_error(record):
+    """Why JSON would change ``record``'s keys, or None.
+
+    JSON keeps string keys only: ``json.dumps`` turns a number, a boolean
+    or None used as a key into a string without a word, so that
+    ``session[1]`` comes back as ``session['1']`` (and ``1`` and ``'1'``
+    become one key).  The session's own keys are checked, and those of the
+    dicts its values hold.
+    """
+    for key, value in record.items():
+        if type(key) is not str:
+            return 'the key %r (%s) cannot be encoded as JSON, which keeps ' \
+                'string keys only' % (key, type(key).__name__)
+        if type(value) not in SCALARS:
+            found = _json_nested_key(value)
+            if found is not None:
+                return 'the value of %r cannot be encoded as JSON: it holds ' \
+                    'a dict with the key %r (%s), and JSON keeps string ' \
+                    'keys only' % (key, found, type(found).__name__)
+    return None
+
+
+# Values that hold no dict (the common case, looked up without a call).
+SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _json_nested_key(value):
+    """The first key not a string in the dicts ``value`` holds, or None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                return key
+            if type(item) not in SCALARS:
+                found = _json_nested_key(item)
+                if found is not None:
+                    return found
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if type(item) not in SCALARS:
+                found = _json_nested_key(item)
+                if found is not None:
+                    return found
+    return None
+
+
 class Marker:
     """What ``remove_if`` passes for a record it cannot give."""
 
@@ -118,7 +163,8 @@ class BeakerStore:
         if self.ttl:
             # Redis reads its key expiry from here, as with Beaker sessions.
             self.namespace_args.setdefault('timeout', self.ttl)
-        self.serializer = (JsonSerializer() if serializer == 'json'
+        self._json = serializer == 'json'
+        self.serializer = (JsonSerializer() if self._json
                            else PickleSerializer())
         # What PickleSerializer calls, without the calls around it.
         if serializer == 'json':
@@ -154,6 +200,12 @@ class BeakerStore:
             self.crypto_module.getKeyLength())
 
     def encode(self, record):
+        if self._json:
+            problem = json_key_error(record)
+            if problem is not None:
+                raise SessionValueError(
+                    'The session cannot be stored: %s (it would come back '
+                    'as a string).' % problem)
         try:
             data = self._dumps(record)
         except Exception as exc:
