@@ -158,6 +158,8 @@ class RequestCookieStore:
     """
 
     name = CookieStore.name
+    # What a merge makes is sent only once the transaction has committed.
+    writes_after_commit = True
 
     def __init__(self, cookie, request):
         self.cookie = cookie

@@ -11,11 +11,17 @@ import unittest
 from beaker.ext.memcached import MemcachedNamespaceManager
 from beaker.session import Session
 
+import transaction
+from ZODB.POSException import ConflictError
+
 from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
+from Products.BeakerSessionDataManager.session import BeakerSessionData
 from Products.BeakerSessionDataManager.store import RECORD_KEY
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests.instance import new_secret
+from Products.BeakerSessionDataManager.tests.test_stores import \
+    FailsAfterTheSession
 
 
 def record(**data):
@@ -161,6 +167,25 @@ class RestartTests(unittest.TestCase):
         self.restart()
         store.delete(other)
         self.assertIsNone(store.load(other))
+
+    def test_taking_back_a_write_the_server_refuses_is_logged(self):
+        # A data manager voting after the session fails the commit, and the
+        # server is gone by then: the abort goes on, and the log says so.
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda old: record(n=1))
+        session = BeakerSessionData(session_id, self.store.load(session_id),
+                                    store=self.store)
+        session['n'] = 2
+        transaction.get().join(FailsAfterTheSession(self.server.kill))
+        with self.assertLogs('Products.BeakerSessionDataManager',
+                             'ERROR') as logged:
+            with self.assertRaises(ConflictError):
+                transaction.commit()
+        transaction.abort()
+        self.assertIn('session %s... keeps the changes of a transaction '
+                      'that failed after they were written' % session_id[:8],
+                      '\n'.join(logged.output))
+        self.server.start()
 
     def test_a_server_that_stays_down_still_fails(self):
         session_id = secrets.token_hex(16)
