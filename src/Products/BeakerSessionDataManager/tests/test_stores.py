@@ -337,6 +337,35 @@ class FileCutShortTests(PublishingTestCase):
         self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
 
 
+class DbmIndexCutShortTests(PublishingTestCase):
+    """A dbm.dumb index (``.dir``) that a crash cut short: Beaker fails on
+    it for good, which was a 503 on every request of the session."""
+
+    layer = stores.LAYERS['dbm']
+
+    def test_its_browser_gets_a_new_session_and_keeps_it(self):
+        StoreTests.addCounter(self)
+        browser = self.browser()
+        self.get(browser, '/count')
+        count, session_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '2')
+        store = self.layer['beaker_configuration'].store
+        index = store._namespace(session_id).file + '.dir'
+        if not os.path.exists(index):
+            self.skipTest('the dbm module is not dbm.dumb')
+        os.truncate(index, os.path.getsize(index) // 2)
+        count, new_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '1')
+        self.assertNotEqual(new_id, session_id)
+        self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+        # A write of the damaged session makes its file afresh.
+        self.assertIsNone(store.load(session_id))
+        with self.assertLogs(LOGGER, logging.WARNING) as logged:
+            store.merge(session_id, lambda record: {'n': 1})
+        self.assertIn('it is made afresh', logged.output[0])
+        self.assertEqual(store.load(session_id), {'n': 1})
+
+
 class UnpicklableData:
     """Stored data whose pickle this Python cannot load: written by Python
     2 (2.x of this product), or holding a class since removed; or that
