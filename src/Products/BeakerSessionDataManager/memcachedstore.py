@@ -15,6 +15,8 @@ from hashlib import sha1
 import memcache
 from beaker.ext.memcached import MAX_KEY_LENGTH
 
+from .interfaces import SessionTooLargeError
+from .session import INTERNAL_KEYS
 from .store import MAX_ATTEMPTS
 from .store import RECORD_KEY
 from .store import CompareAndSetStore
@@ -94,6 +96,8 @@ class MemcachedStore(CompareAndSetStore):
                 self._delete(key)
                 return None
             raw = self.encode(record)
+            if len(raw) > self.client.server_max_value_length:
+                raise self._too_large(record, raw)
             if expected is None:
                 stored = self._call('add', key, raw, time=ttl)
             elif self._version_known(key):
@@ -116,6 +120,20 @@ class MemcachedStore(CompareAndSetStore):
                     'limit')
             expected = current
         raise self._too_many_writers(session_id)
+
+    def _too_large(self, record, raw):
+        """A session python-memcached would not send: a bug to fix (500),
+        not an outage (503), which its silent refusal looked like."""
+        sizes = sorted(((len(self._dumps({key: value})), key)
+                        for key, value in record.items()
+                        if key not in INTERNAL_KEYS), reverse=True)
+        return SessionTooLargeError(
+            'The session does not fit in memcached: %d bytes, items hold '
+            'at most %d (memcached -I, python-memcached\'s '
+            'SERVER_MAX_VALUE_LENGTH). Store less in the session (the '
+            'largest values: %s), or use another session.type.'
+            % (len(raw), self.client.server_max_value_length,
+               ', '.join(repr(key) for _, key in sizes[:3])))
 
     def delete(self, session_id):
         """See ISessionStore."""
