@@ -28,10 +28,12 @@ import mmap
 import os
 import pickle
 import sys
+import time
 from contextlib import contextmanager
 from functools import partial
 from hashlib import sha1
 
+from . import namespaces
 from .store import RECORD_KEY
 from .store import BeakerStore
 from .store import pickled_dict
@@ -84,7 +86,7 @@ class FileStore(BeakerStore):
         # Beaker makes nothing of it: the session would look empty, and a
         # write fail.
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_SH)
+            flock(descriptor, fcntl.LOCK_SH)
             # Empty for a file a crash cut short: no session.
             contents = pickled_dict(read_whole(descriptor)) or {}
         finally:
@@ -172,6 +174,35 @@ def same_file(descriptor, path):
     return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
 
 
+def flock(descriptor, operation):
+    """``fcntl.flock``, waiting at most ``namespaces.LOCK_WAIT`` seconds.
+
+    Locks are held for the microseconds of a write; a holder that keeps
+    one (a process stopped with SIGSTOP or ^Z, a cleanup in a debugger)
+    would otherwise hold every request of the session, and once they took
+    all threads, the whole site.  Uncontended, this is one system call, as
+    a blocking flock is; contended, it polls.
+    """
+    try:
+        fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    deadline = time.monotonic() + namespaces.LOCK_WAIT
+    delay = 0.0001
+    while True:
+        time.sleep(delay)
+        try:
+            fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise namespaces.LockTimeout(
+                    'the session was locked by another writer for too '
+                    'long (%s seconds)' % namespaces.LOCK_WAIT) from None
+        delay = min(delay * 1.5, 0.001)
+
+
 def locked_file(path, open_file):
     """``open_file()``, the file at ``path``, under an exclusive flock.
 
@@ -181,7 +212,11 @@ def locked_file(path, open_file):
     """
     while True:
         descriptor = open_file()
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            flock(descriptor, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(descriptor)
+            raise
         if same_file(descriptor, path):
             return descriptor
         unlock_and_close(descriptor)

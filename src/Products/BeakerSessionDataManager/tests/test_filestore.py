@@ -17,6 +17,7 @@ import unittest
 
 from beaker.cache import clsmap
 
+from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager.filestore import CHUNK
 from Products.BeakerSessionDataManager.filestore import IN_PLACE_LIMIT
 from Products.BeakerSessionDataManager.filestore import FileStore
@@ -372,6 +373,30 @@ class SharedFilesTests(FilesTestCase):
         record = self.store.load(self.session_id)
         self.assertEqual((record['n'], record['theirs'], record['ours']),
                          (1, 1, 1))
+
+    def test_a_lock_kept_too_long_is_an_error_not_a_hang(self):
+        # A process that holds the lock and never lets go (stopped: ^Z, a
+        # debugger) held every request of the session, for good.
+        writer = self.holding_the_lock()
+        os.kill(writer.pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, writer.pid, signal.SIGCONT)
+        self.addCleanup(setattr, namespaces, 'LOCK_WAIT', namespaces.LOCK_WAIT)
+        namespaces.LOCK_WAIT = 0.3
+        started = time.monotonic()
+        with self.assertRaisesRegex(namespaces.LockTimeout,
+                                    'locked by another writer for too long'):
+            self.store.merge(self.session_id,
+                             lambda record: dict(record, ours=1))
+        self.assertLess(time.monotonic() - started, 5)
+        # Reads do not wait for Beaker's lock; nothing was written.
+        self.assertNotIn('ours', self.store.load(self.session_id))
+        # A writer of this store stuck in the middle of a write holds the
+        # session file: reads give up too.
+        descriptor = os.open(self.store.path(self.session_id), os.O_RDONLY)
+        self.addCleanup(os.close, descriptor)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with self.assertRaises(namespaces.LockTimeout):
+            self.store.load(self.session_id)
 
     def test_reads_find_whole_records_while_beaker_rewrites_them(self):
         writer = self.beaker('''\

@@ -337,6 +337,34 @@ class FileCutShortTests(PublishingTestCase):
         self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
 
 
+class FileLockKeptTests(PublishingTestCase):
+    """A process that holds a session's lock and never lets go (stopped
+    with ^Z, in a debugger): its requests wait ``LOCK_WAIT`` seconds,
+    then get a 503, instead of holding a thread each for good."""
+
+    layer = stores.LAYERS['file']
+
+    def test_the_sessions_requests_give_up_and_the_others_go_on(self):
+        import fcntl
+        StoreTests.addCounter(self)
+        browser = self.browser()
+        session_id = self.get(browser, '/count').split()[1]
+        store = self.layer['beaker_configuration'].store
+        self.addCleanup(setattr, namespaces, 'LOCK_WAIT', namespaces.LOCK_WAIT)
+        namespaces.LOCK_WAIT = 0.3
+        descriptor = os.open(store.lock_path(session_id), os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            response = browser.get('/count', status=503)
+            self.assertIn('session store is unavailable', response.text)
+            self.assertEqual(self.get(self.browser(), '/count').split()[0],
+                             '1')
+        finally:
+            os.close(descriptor)
+        self.assertEqual(self.get(browser, '/count').split(),
+                         ['2', session_id])
+
+
 class DbmIndexCutShortTests(PublishingTestCase):
     """A dbm.dumb index (``.dir``) that a crash cut short: Beaker fails on
     it for good, which was a 503 on every request of the session."""
