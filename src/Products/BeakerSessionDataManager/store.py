@@ -98,7 +98,10 @@ def json_key_error(record):
             return 'the key %r (%s) cannot be encoded as JSON, which keeps ' \
                 'string keys only' % (key, type(key).__name__)
         if type(value) not in SCALARS:
-            found = _json_nested_key(value)
+            try:
+                found = _json_nested_key(value)
+            except RecursionError:
+                continue  # A cycle, which json.dumps reports, naming it.
             if found is not None:
                 return 'the value of %r cannot be encoded as JSON: it holds ' \
                     'a dict with the key %r (%s), and JSON keeps string ' \

@@ -164,6 +164,11 @@ class JsonSerializerTests(unittest.TestCase):
             self.assertIn(message, str(caught.exception))
             self.assertIn('string keys only', str(caught.exception))
             self.assertEqual(self.store.load('e' * 32), {'n': 1})
+        cycle = []
+        cycle.append(cycle)
+        with self.assertRaisesRegex(SessionValueError,
+                                    "the value of 'cycle' cannot be encoded"):
+            self.store.merge('e' * 32, lambda stored: {'cycle': cycle})
 
 
 class RequestDumpTests(unittest.TestCase):
