@@ -101,7 +101,7 @@ class SessionWriter:
             # A copy: _apply_to changes the record it is given.
             before = None if record is None else dict(record)
             after = session._apply_to(record, now)
-            self._wrote = (before, None if after is None else dict(after))
+            self._wrote = (before, after)
             return after
 
         try:
