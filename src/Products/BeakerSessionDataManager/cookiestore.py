@@ -33,6 +33,7 @@ from .interfaces import SessionTooLargeError
 from .interfaces import SessionValueError
 from .jsonvalues import SessionJsonSerializer
 from .jsonvalues import dumps
+from .jsonvalues import string_keys_error
 from .session import INTERNAL_KEYS
 from .session import expired
 
@@ -157,6 +158,8 @@ class RequestCookieStore:
     """
 
     name = CookieStore.name
+    # What a merge makes is sent only once the transaction has committed.
+    writes_after_commit = True
 
     def __init__(self, cookie, request):
         self.cookie = cookie
@@ -204,6 +207,11 @@ class RequestCookieStore:
         self.merge(session_id, lambda record: None)
 
     def _header(self, record):
+        problem = string_keys_error(record)
+        if problem is not None:
+            raise SessionValueError(
+                'The session cannot be stored in its cookie: %s (it would '
+                'come back as a string).' % problem)
         try:
             header = self.cookie.header(self.cookie.encode(record))
         except (TypeError, ValueError) as exc:

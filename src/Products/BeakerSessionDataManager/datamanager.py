@@ -6,6 +6,12 @@ latest stored record under the store's lock, so a store that cannot be
 written makes the whole transaction fail instead of committing the ZODB
 without the session.
 
+Data managers that vote after it (zope.sqlalchemy's, whose sort key is
+``~sqlalchemy``, commits the database in its vote) can still fail the
+transaction once the session is written: the writer then takes back its
+changes, those that no other request has changed since, so that a retry
+starts from the session as it was (see ``undo``).
+
 A mutable value handed out (a list, say) may be changed in place, unseen:
 for such a value the writer only asks the transaction to call it before the
 commit, and joins then if the value did change.  A request that only reads
@@ -22,8 +28,12 @@ from zope.interface import implementer
 from .interfaces import SessionStoreError
 from .interfaces import SessionValueError
 from .outages import describe
+from .outages import logger
 from .outages import outage_log
 from .references import zodb_connection
+
+
+_missing = object()
 
 
 @implementer(IDataManager)
@@ -38,6 +48,8 @@ class SessionWriter:
         self._transaction = None
         self._watched = None
         self._written = None
+        # (record before, record after) of this transaction's write.
+        self._wrote = None
         session._writer = self
 
     def join(self):
@@ -72,7 +84,7 @@ class SessionWriter:
         self._transaction = None
 
     def tpc_begin(self, txn):
-        self._written = None
+        self._written = self._wrote = None
 
     def commit(self, txn):
         pass
@@ -84,11 +96,18 @@ class SessionWriter:
             session._collect_mutations()
         if not session._needs_write():
             return
+
+        def apply(record):
+            # A copy: _apply_to changes the record it is given.
+            before = None if record is None else dict(record)
+            after = session._apply_to(record, now)
+            self._wrote = (before, after)
+            return after
+
         try:
             with zodb_connection(session._zodb_connection):
                 self._written = self.store.merge(
-                    session.getContainerKey(),
-                    lambda record: session._apply_to(record, now))
+                    session.getContainerKey(), apply)
         except (ConflictError, SessionValueError):
             raise
         except Exception as exc:
@@ -102,16 +121,73 @@ class SessionWriter:
     def tpc_finish(self, txn):
         if self._written is not None:
             self.session._stored(self._written or None)
-        self._written = None
+        self._written = self._wrote = None
         self._transaction = None
 
     def tpc_abort(self, txn):
+        if self._written is not None:
+            # We voted and wrote; a data manager voting after us failed.
+            self._undo()
         self.session._rollback()
-        self._written = None
+        self._written = self._wrote = None
         self._transaction = None
+
+    def _undo(self):
+        """Take back the changes this transaction's vote wrote."""
+        if self._wrote is None or getattr(
+                self.store, 'writes_after_commit', False):
+            return  # The cookie store: nothing was sent.
+        before, after = self._wrote
+        session = self.session
+        try:
+            with zodb_connection(session._zodb_connection):
+                self.store.merge(session.getContainerKey(),
+                                 lambda current: undo(current, before, after))
+        except Exception as exc:
+            # tpc_abort must not fail: the transaction is aborted anyway.
+            logger.error(
+                'The session %s... keeps the changes of a transaction that '
+                'failed after they were written to the %s: %s',
+                session.getContainerKey()[:8], self.store.name,
+                describe(exc))
 
     def savepoint(self):
         return SessionSavepoint(self)
+
+
+def same(first, second):
+    """Whether two values are equal, false where they cannot tell."""
+    if first is second:
+        return True
+    try:
+        return bool(first == second)
+    except Exception:
+        return False
+
+
+def undo(current, before, after):
+    """``current``, the stored record, with what turned ``before`` into
+    ``after`` taken back, key by key, where no other request has changed
+    the key since (its change stays); None deletes the record."""
+    if after is None:
+        # The transaction deleted the session: back, unless another
+        # request has written one since.
+        return before if current is None else current
+    if current is None:
+        return None  # Deleted since: nothing of ours to take back.
+    record = dict(current)
+    before = before or {}
+    for key in set(before) | set(after):
+        old = before.get(key, _missing)
+        new = after.get(key, _missing)
+        if same(old, new) or not same(record.get(key, _missing), new):
+            continue
+        if old is _missing:
+            del record[key]
+        else:
+            record[key] = old
+    # The transaction made the session and nothing else wrote to it.
+    return record or None
 
 
 @implementer(IDataManagerSavepoint)

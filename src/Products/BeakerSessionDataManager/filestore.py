@@ -28,10 +28,12 @@ import mmap
 import os
 import pickle
 import sys
+import time
 from contextlib import contextmanager
 from functools import partial
 from hashlib import sha1
 
+from . import namespaces
 from .store import RECORD_KEY
 from .store import BeakerStore
 from .store import pickled_dict
@@ -78,11 +80,13 @@ class FileStore(BeakerStore):
         """See ISessionStore."""
         try:
             descriptor = os.open(self.path(session_id), os.O_RDONLY)
-        except (FileNotFoundError, PermissionError):
-            # What Beaker's do_open makes of ENOENT and EACCES: nothing.
+        except FileNotFoundError:
             return None
+        # A file this user may not read (EACCES) is an error, although
+        # Beaker makes nothing of it: the session would look empty, and a
+        # write fail.
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_SH)
+            flock(descriptor, fcntl.LOCK_SH)
             # Empty for a file a crash cut short: no session.
             contents = pickled_dict(read_whole(descriptor)) or {}
         finally:
@@ -170,6 +174,35 @@ def same_file(descriptor, path):
     return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
 
 
+def flock(descriptor, operation):
+    """``fcntl.flock``, waiting at most ``namespaces.LOCK_WAIT`` seconds.
+
+    Locks are held for the microseconds of a write; a holder that keeps
+    one (a process stopped with SIGSTOP or ^Z, a cleanup in a debugger)
+    would otherwise hold every request of the session, and once they took
+    all threads, the whole site.  Uncontended, this is one system call, as
+    a blocking flock is; contended, it polls.
+    """
+    try:
+        fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    deadline = time.monotonic() + namespaces.LOCK_WAIT
+    delay = 0.0001
+    while True:
+        time.sleep(delay)
+        try:
+            fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise namespaces.LockTimeout(
+                    'the session was locked by another writer for too '
+                    'long (%s seconds)' % namespaces.LOCK_WAIT) from None
+        delay = min(delay * 1.5, 0.001)
+
+
 def locked_file(path, open_file):
     """``open_file()``, the file at ``path``, under an exclusive flock.
 
@@ -179,7 +212,11 @@ def locked_file(path, open_file):
     """
     while True:
         descriptor = open_file()
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            flock(descriptor, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(descriptor)
+            raise
         if same_file(descriptor, path):
             return descriptor
         unlock_and_close(descriptor)
@@ -229,13 +266,23 @@ def replace(path, data):
     descriptor = create(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
         try:
-            # Blocks allocated now, not when written back: replacing a file
-            # on ext4 (auto_da_alloc) otherwise first forces the new one's
-            # delayed allocation, half the cost of a write there.
-            os.posix_fallocate(descriptor, 0, len(data))
+            try:
+                # Blocks allocated now, not when written back: replacing a
+                # file on ext4 (auto_da_alloc) otherwise first forces the
+                # new one's delayed allocation, half the cost of a write
+                # there.
+                os.posix_fallocate(descriptor, 0, len(data))
+            except OSError:
+                pass  # Not for this filesystem: the write still is.
+            rewrite(descriptor, data, 0)
+        finally:
+            os.close(descriptor)
+        os.rename(temporary, path)
+    except BaseException:
+        # A full disk, say: what was written of the new file would keep
+        # its space until the cleanup; the old file stays as it was.
+        try:
+            os.remove(temporary)
         except OSError:
-            pass  # Not for this filesystem: the write still is.
-        rewrite(descriptor, data, 0)
-    finally:
-        os.close(descriptor)
-    os.rename(temporary, path)
+            pass
+        raise

@@ -48,9 +48,11 @@ class SessionValueError(SessionDataManagerErr, TypeError):
 
 
 class SessionTooLargeError(SessionValueError):
-    """The session does not fit in its cookie (``session.type cookie``).
+    """The session does not fit in its cookie (``session.type cookie``),
+    or in a memcached item.
 
-    o Nothing is sent: the browser keeps its previous session cookie.
+    o Nothing is sent: the browser keeps its previous session cookie, the
+      store its previous record.
     """
 
 

@@ -41,6 +41,54 @@ def dumps(value):
     return json.dumps(value, default=_encode)
 
 
+def string_keys_error(record):
+    """Why JSON would change ``record``'s keys, or None.
+
+    JSON keeps string keys only: ``json.dumps`` turns a number, a boolean
+    or None used as a key into a string without a word, so that
+    ``session[1]`` comes back as ``session['1']`` (and ``1`` and ``'1'``
+    become one key).  The session's own keys are checked, and those of the
+    dicts its values hold.
+    """
+    for key, value in record.items():
+        if type(key) is not str:
+            return 'the key %r (%s) cannot be encoded as JSON, which keeps ' \
+                'string keys only' % (key, type(key).__name__)
+        if type(value) not in SCALARS:
+            try:
+                found = _json_nested_key(value)
+            except RecursionError:
+                continue  # A cycle, which json.dumps reports, naming it.
+            if found is not None:
+                return 'the value of %r cannot be encoded as JSON: it holds ' \
+                    'a dict with the key %r (%s), and JSON keeps string ' \
+                    'keys only' % (key, found, type(found).__name__)
+    return None
+
+
+# Values that hold no dict (the common case, looked up without a call).
+SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _json_nested_key(value):
+    """The first key not a string in the dicts ``value`` holds, or None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                return key
+            if type(item) not in SCALARS:
+                found = _json_nested_key(item)
+                if found is not None:
+                    return found
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if type(item) not in SCALARS:
+                found = _json_nested_key(item)
+                if found is not None:
+                    return found
+    return None
+
+
 class SessionJsonSerializer(JsonSerializer):
     """Beaker's JSON serializer, keeping bytes as bytes."""
 

@@ -15,6 +15,8 @@ from hashlib import sha1
 import memcache
 from beaker.ext.memcached import MAX_KEY_LENGTH
 
+from .interfaces import SessionTooLargeError
+from .session import INTERNAL_KEYS
 from .store import MAX_ATTEMPTS
 from .store import RECORD_KEY
 from .store import CompareAndSetStore
@@ -91,13 +93,15 @@ class MemcachedStore(CompareAndSetStore):
                     guessed = False
                     expected = self._gets(key)
                     continue
-                self.client.delete(key)
+                self._delete(key)
                 return None
             raw = self.encode(record)
+            if len(raw) > self.client.server_max_value_length:
+                raise self._too_large(record, raw)
             if expected is None:
-                stored = self.client.add(key, raw, time=ttl)
+                stored = self._call('add', key, raw, time=ttl)
             elif self._version_known(key):
-                stored = self.client.cas(key, raw, time=ttl)
+                stored = self._call('cas', key, raw, time=ttl)
             else:
                 # python-memcached would turn the cas into a plain set.
                 stored = False
@@ -117,18 +121,63 @@ class MemcachedStore(CompareAndSetStore):
             expected = current
         raise self._too_many_writers(session_id)
 
+    def _too_large(self, record, raw):
+        """A session python-memcached would not send: a bug to fix (500),
+        not an outage (503), which its silent refusal looked like."""
+        sizes = sorted(((len(self._dumps({key: value})), key)
+                        for key, value in record.items()
+                        if key not in INTERNAL_KEYS), reverse=True)
+        return SessionTooLargeError(
+            'The session does not fit in memcached: %d bytes, items hold '
+            'at most %d (memcached -I, python-memcached\'s '
+            'SERVER_MAX_VALUE_LENGTH). Store less in the session (the '
+            'largest values: %s), or use another session.type.'
+            % (len(raw), self.client.server_max_value_length,
+               ', '.join(repr(key) for _, key in sizes[:3])))
+
     def delete(self, session_id):
         """See ISessionStore."""
         self._remembered().pop(session_id, None)
-        self.client.delete(self.key(session_id))
+        self._delete(self.key(session_id))
 
     # -- helpers --
 
+    def _call(self, method, *args, **kw):
+        """The client's ``method``, sent once more on a new connection if
+        the server closed this thread's meanwhile.
+
+        A restarted memcached closes the connection each thread keeps to
+        it.  python-memcached finds that out at the thread's next command,
+        marks the server dead for 30 seconds and, though it means to try
+        once more on a new connection, does not (the server is dead): each
+        thread would fail for 30 seconds after a restart of a second.  A
+        server that is down fails the second attempt too (connection
+        refused), and stays marked dead.
+        """
+        client = self.client
+        connected = [server for server in client.servers if server.socket]
+        result = getattr(client, method)(*args, **kw)
+        if not result and connected:
+            broken = [server for server in connected
+                      if server.socket is None and server.deaduntil]
+            if broken:
+                for server in broken:
+                    server.deaduntil = 0
+                result = getattr(client, method)(*args, **kw)
+        return result
+
     def _gets(self, key):
-        raw = self.client.gets(key)
+        raw = self._call('gets', key)
         if raw is None:
             self._check_server(key)
         return raw
+
+    def _delete(self, key):
+        """Delete the item; python-memcached answers a server it cannot
+        reach as it answers a missing item: the server is checked, lest
+        an invalidated session silently stay."""
+        if not self._call('delete', key):
+            self._check_server(key)
 
     def _version_known(self, key):
         """Whether this thread's client has the version of the item it

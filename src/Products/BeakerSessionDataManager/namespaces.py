@@ -29,6 +29,8 @@ from beaker.ext.sqla import make_cache_table
 from beaker.synchronization import null_synchronizer
 
 from .interfaces import ConfigurationError
+from .outages import describe
+from .outages import logger
 from .store import PlainUnpickler
 from .store import pickled_dict
 from .store import plain_loads
@@ -74,6 +76,27 @@ class DBMSessionNamespace(DBMNamespaceManager):
         finally:
             self.access_lock.release_write_lock()
 
+    def do_open(self, flags, replace):
+        """A dbm.dumb index (``.dir``) a crash cut short is no session,
+        as a session file cut short is: read, it holds nothing; written
+        (under the session's lock), it is made afresh.  Beaker fails on it
+        for good, and so did every request of the session (503)."""
+        try:
+            super().do_open(flags, replace)
+        except DAMAGED_DBM as exc:
+            if flags == 'r':
+                self.dbm = EmptyDatabase()
+                return
+            logger.warning('The dbm file %s of a session cannot be read '
+                           '(%s): it is made afresh.', self.file,
+                           describe(exc))
+            self.do_remove()
+            try:
+                os.remove(self.file + '.bak')  # dbm.dumb's, too
+            except OSError:
+                pass
+            super().do_open(flags, replace)
+
     def __getitem__(self, key):
         # A value that cannot be unpickled as plain data (written by
         # Python 2, or not by Beaker) is no value, as a session file that
@@ -83,6 +106,18 @@ class DBMSessionNamespace(DBMNamespaceManager):
             return plain_loads(data)
         except Exception:
             raise KeyError(key) from None
+
+
+# What dbm.dumb raises for an index (``.dir``) that is not whole: it reads
+# the index with ast.literal_eval.
+DAMAGED_DBM = (SyntaxError, ValueError)
+
+
+class EmptyDatabase(dict):
+    """An empty, read-only dbm database."""
+
+    def close(self):
+        pass
 
 
 def advisory_lock_key(table, namespace):

@@ -33,6 +33,7 @@ from . import references
 from .interfaces import ISessionStore
 from .interfaces import SessionValueError
 from .jsonvalues import SessionJsonSerializer
+from .jsonvalues import string_keys_error
 from .session import expired
 
 
@@ -118,7 +119,8 @@ class BeakerStore:
         if self.ttl:
             # Redis reads its key expiry from here, as with Beaker sessions.
             self.namespace_args.setdefault('timeout', self.ttl)
-        self.serializer = (SessionJsonSerializer() if serializer == 'json'
+        self._json = serializer == 'json'
+        self.serializer = (SessionJsonSerializer() if self._json
                            else PickleSerializer())
         # What PickleSerializer calls, without the calls around it.
         if serializer == 'json':
@@ -154,6 +156,12 @@ class BeakerStore:
             self.crypto_module.getKeyLength())
 
     def encode(self, record):
+        if self._json:
+            problem = string_keys_error(record)
+            if problem is not None:
+                raise SessionValueError(
+                    'The session cannot be stored: %s (it would come back '
+                    'as a string).' % problem)
         try:
             data = self._dumps(record)
         except Exception as exc:
@@ -165,8 +173,7 @@ class BeakerStore:
                 '%s: %s: %s'
                 % ('s' if len(keys) > 1 else '',
                    ', '.join(map(repr, keys)) or 'a key',
-                   'encoded as JSON' if isinstance(
-                       self.serializer, SessionJsonSerializer) else 'pickled',
+                   'encoded as JSON' if self._json else 'pickled',
                    type(exc).__name__, exc)) from exc
         if not self.encrypt_key:
             return b2a_base64(data, newline=False).decode('ascii')

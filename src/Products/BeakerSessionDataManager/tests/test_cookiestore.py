@@ -439,6 +439,24 @@ return 'ok'
         self.assertIn('JSON values only', str(caught.exception))
         self.assertIn("not 'when'", str(caught.exception))
 
+    def test_keys_JSON_would_turn_into_strings_fail_the_request(self):
+        self.addScript('set_number_key', '''\
+container.REQUEST.SESSION[1] = 'one'
+return 'ok'
+''')
+        browser = self.browser()
+        self.get(browser, '/set_value', key='x', value='1')
+        before = browser.cookies[COOKIE]
+        response = browser.get('/set_number_key', status=500)
+        self.assertEqual(self.set_cookies(response), [])
+        self.assertEqual(browser.cookies[COOKIE], before)
+        browser.app.handle_errors = False
+        browser.extra_environ['x-wsgiorg.throw_errors'] = True
+        with self.assertRaises(SessionValueError) as caught:
+            browser.get('/set_number_key')
+        self.assertIn('the key 1 (int) cannot be encoded as JSON',
+                      str(caught.exception))
+
     def test_tuples_come_back_as_lists(self):
         # JSON has no tuples.
         self.addScript('set_tuple', '''\

@@ -1,5 +1,6 @@
 """The file store: Beaker's session files, read and written under locks
 of their own besides Beaker's."""
+import errno
 import fcntl
 import os
 import random
@@ -16,6 +17,7 @@ import unittest
 
 from beaker.cache import clsmap
 
+from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager.filestore import CHUNK
 from Products.BeakerSessionDataManager.filestore import IN_PLACE_LIMIT
 from Products.BeakerSessionDataManager.filestore import FileStore
@@ -89,6 +91,33 @@ class FileStoreTests(StoreTests):
         after = os.stat(store.path('f' * 32))
         self.assertNotEqual(after.st_ino, before.st_ino)
         self.assertEqual(store.load('f' * 32), {'a': 'y' * IN_PLACE_LIMIT})
+
+    def test_a_write_that_does_not_fit_leaves_the_old_file_alone(self):
+        # A full disk (ENOSPC), here a file size limit (EFBIG) in a process
+        # of its own: the error, the old file whole, and no half-written
+        # new one keeping disk space.
+        store = self.make_store()
+        store.merge('f' * 32, lambda record: {'a': 'x' * IN_PLACE_LIMIT})
+        code = textwrap.dedent('''\
+            import resource, signal, sys
+            from beaker.cache import clsmap
+            from Products.BeakerSessionDataManager.filestore import FileStore
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (50000, 50000))
+            store = FileStore(clsmap['file'], {'lock_dir': sys.argv[1]},
+                              data_dir=sys.argv[2])
+            try:
+                store.merge('f' * 32, lambda record: {'a': 'y' * 100000})
+            except OSError as exc:
+                print(exc.errno)
+            ''')
+        process = subprocess.run(
+            [sys.executable, '-c', code, self.tmp + '/lock',
+             self.tmp + '/data'], check=True, capture_output=True, text=True)
+        self.assertEqual(process.stdout.strip(), str(errno.EFBIG))
+        self.assertEqual(store.load('f' * 32), {'a': 'x' * IN_PLACE_LIMIT})
+        self.assertEqual(os.listdir(os.path.dirname(store.path('f' * 32))),
+                         ['f' * 32 + '.cache'])
 
     def test_a_file_cut_short_is_no_session_and_is_written_afresh(self):
         # What a crash in the middle of a write can leave behind.
@@ -230,6 +259,37 @@ class LockTests(FilesTestCase):
              self.tmp + '/data', self.session_id], check=True)
         self.assertEqual(self.store.load(self.session_id), {'n': 2})
 
+    def test_a_file_this_user_cannot_read_is_an_error(self):
+        # Not an empty session, which a write would then fail to replace:
+        # Zope answers 503 (SessionStoreError) and logs why.
+        os.chmod(self.store.path(self.session_id), 0o600)
+        code = textwrap.dedent('''\
+            import os, sys
+            from beaker.cache import clsmap
+            from Products.BeakerSessionDataManager.filestore import FileStore
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            store = FileStore(clsmap['file'], {'lock_dir': sys.argv[1]},
+                              data_dir=sys.argv[2])
+            for operation in (store.load, store.delete):
+                try:
+                    operation(sys.argv[3])
+                except PermissionError:
+                    print('PermissionError')
+            ''')
+        for root, directories, _ in os.walk(self.tmp):
+            for name in directories:
+                os.chmod(os.path.join(root, name), 0o777)
+        os.chmod(self.tmp, 0o777)
+        os.chmod(self.store.lock_path(self.session_id), 0o666)
+        process = subprocess.run(
+            [sys.executable, '-c', code, self.tmp + '/lock',
+             self.tmp + '/data', self.session_id], check=True,
+            capture_output=True, text=True)
+        self.assertEqual(process.stdout.split(), ['PermissionError'] * 2)
+        self.assertEqual(self.store.load(self.session_id)['n'], 1)
+
 
 class SharedFilesTests(FilesTestCase):
     """Processes of their own read and write the files, through Beaker as
@@ -313,6 +373,30 @@ class SharedFilesTests(FilesTestCase):
         record = self.store.load(self.session_id)
         self.assertEqual((record['n'], record['theirs'], record['ours']),
                          (1, 1, 1))
+
+    def test_a_lock_kept_too_long_is_an_error_not_a_hang(self):
+        # A process that holds the lock and never lets go (stopped: ^Z, a
+        # debugger) held every request of the session, for good.
+        writer = self.holding_the_lock()
+        os.kill(writer.pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, writer.pid, signal.SIGCONT)
+        self.addCleanup(setattr, namespaces, 'LOCK_WAIT', namespaces.LOCK_WAIT)
+        namespaces.LOCK_WAIT = 0.3
+        started = time.monotonic()
+        with self.assertRaisesRegex(namespaces.LockTimeout,
+                                    'locked by another writer for too long'):
+            self.store.merge(self.session_id,
+                             lambda record: dict(record, ours=1))
+        self.assertLess(time.monotonic() - started, 5)
+        # Reads do not wait for Beaker's lock; nothing was written.
+        self.assertNotIn('ours', self.store.load(self.session_id))
+        # A writer of this store stuck in the middle of a write holds the
+        # session file: reads give up too.
+        descriptor = os.open(self.store.path(self.session_id), os.O_RDONLY)
+        self.addCleanup(os.close, descriptor)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with self.assertRaises(namespaces.LockTimeout):
+            self.store.load(self.session_id)
 
     def test_reads_find_whole_records_while_beaker_rewrites_them(self):
         writer = self.beaker('''\

@@ -11,11 +11,18 @@ import unittest
 from beaker.ext.memcached import MemcachedNamespaceManager
 from beaker.session import Session
 
+import transaction
+from ZODB.POSException import ConflictError
+
 from Products.BeakerSessionDataManager.config import SessionConfiguration
+from Products.BeakerSessionDataManager.interfaces import SessionTooLargeError
 from Products.BeakerSessionDataManager.memcachedstore import MemcachedStore
+from Products.BeakerSessionDataManager.session import BeakerSessionData
 from Products.BeakerSessionDataManager.store import RECORD_KEY
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests.instance import new_secret
+from Products.BeakerSessionDataManager.tests.test_stores import \
+    FailsAfterTheSession
 
 
 def record(**data):
@@ -76,18 +83,30 @@ class MemcachedStoreTests(unittest.TestCase):
             self.assertEqual((stored['a%d' % n], stored['b%d' % n]), (n, n))
 
     def test_a_session_too_large_for_memcached_is_refused(self):
+        # A bug to fix (500, naming the largest values), not an outage.
         store = self.make_store()
         session_id = secrets.token_hex(16)
         store.merge(session_id, lambda old: record(small=1))
         store.load(session_id)
-        with self.assertRaisesRegex(ConnectionError,
-                                    'larger than the item size limit'):
+        with self.assertRaisesRegex(
+                SessionTooLargeError,
+                r"does not fit in memcached: \d+ bytes, items hold at most "
+                r"1048576 .*the largest values: 'big', 'small'"):
             store.merge(session_id,
                         lambda old: dict(old or {}, big='x' * 2 ** 21))
         self.assertEqual(store.load(session_id)['small'], 1)
-        with self.assertRaisesRegex(ConnectionError, 'item size limit'):
+        with self.assertRaisesRegex(SessionTooLargeError, 'memcached'):
             store.merge(secrets.token_hex(16),
                         lambda old: record(big='x' * 2 ** 21))
+        # Larger than memcached's own limit only (its -I counts the key and
+        # the item's header too): memcached refuses it, which
+        # python-memcached reports as it reports a server down.
+        limit = store.client.server_max_value_length
+        with self.assertRaisesRegex(ConnectionError,
+                                    'larger than the item size limit'):
+            store.merge(session_id, lambda old: dict(
+                old or {}, big='x' * (limit * 3 // 4 - 150)))
+        self.assertEqual(store.load(session_id)['small'], 1)
 
     def test_versions_dropped_by_another_load_are_read_again(self):
         # python-memcached forgets every version it holds past a limit
@@ -124,6 +143,81 @@ class MemcachedStoreTests(unittest.TestCase):
         store.merge(session_id, lambda old: record(n=2))
         store.delete(session_id)
         self.assertIsNone(store.load(session_id))
+
+
+class RestartTests(unittest.TestCase):
+    """A memcached restarted at once closes the connection a thread keeps:
+    python-memcached marks the server dead for 30 seconds at the thread's
+    next command unless the store tries again on a new connection."""
+
+    def setUp(self):
+        self.server = servers.MemcachedServer().start()
+        self.addCleanup(self.server.cleanup)
+        self.store = SessionConfiguration({
+            'session.type': 'ext:memcached',
+            'session.url': self.server.address,
+            'session.secret': new_secret()}).store
+
+    def restart(self):
+        self.server.kill()
+        self.server.start()
+
+    def test_a_restarted_server_is_used_at_once(self):
+        store = self.store
+        session_id = secrets.token_hex(16)
+        store.merge(session_id, lambda old: record(n=1))
+        self.restart()
+        # Read first: the restarted server has forgotten the session.
+        self.assertIsNone(store.load(session_id))
+        store.merge(session_id, lambda old: record(n=2))
+        self.assertEqual(store.load(session_id)['n'], 2)
+        # Written first (a new session: add).
+        self.restart()
+        other = secrets.token_hex(16)
+        store.merge(other, lambda old: record(n=3))
+        self.assertEqual(store.load(other)['n'], 3)
+        # Deleted first.
+        self.restart()
+        store.delete(other)
+        self.assertIsNone(store.load(other))
+
+    def test_taking_back_a_write_the_server_refuses_is_logged(self):
+        # A data manager voting after the session fails the commit, and the
+        # server is gone by then: the abort goes on, and the log says so.
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda old: record(n=1))
+        session = BeakerSessionData(session_id, self.store.load(session_id),
+                                    store=self.store)
+        session['n'] = 2
+        transaction.get().join(FailsAfterTheSession(self.server.kill))
+        with self.assertLogs('Products.BeakerSessionDataManager',
+                             'ERROR') as logged:
+            with self.assertRaises(ConflictError):
+                transaction.commit()
+        transaction.abort()
+        self.assertIn('session %s... keeps the changes of a transaction '
+                      'that failed after they were written' % session_id[:8],
+                      '\n'.join(logged.output))
+        self.server.start()
+
+    def test_a_server_that_stays_down_still_fails(self):
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda old: record(n=1))
+        self.server.kill()
+        with self.assertRaises(ConnectionError):
+            self.store.load(session_id)
+
+    def test_a_delete_that_reaches_no_server_fails(self):
+        # python-memcached answers it as it answers a missing item: an
+        # invalidated session (a logout) would silently stay.
+        session_id = secrets.token_hex(16)
+        self.store.merge(session_id, lambda old: record(n=1))
+        self.store.load(session_id)
+        self.server.kill()
+        with self.assertRaises(ConnectionError):
+            self.store.merge(session_id, lambda old: None)
+        with self.assertRaises(ConnectionError):
+            self.store.delete(session_id)
 
 
 class PoolWithADeadServerTests(unittest.TestCase):

@@ -7,6 +7,7 @@ must keep working, pages that do get a short 503, the log gets one error
 line instead of one per request, no transaction commits the ZODB without
 its session write, and the site recovers without a restart.
 """
+import contextlib
 import os
 import re
 import secrets
@@ -276,6 +277,66 @@ def test_postgresql_outage(secret):
             finally:
                 zope.stop()
                 drop_table(url, table)
+
+
+def terminate_connections(application_name):
+    """End the PostgreSQL connections of one instance, as a restart of
+    the server does, without disturbing other users of the server."""
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(servers.postgresql_url())
+    with engine.begin() as connection:
+        ended = connection.execute(sqlalchemy.text(
+            'SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity '
+            'WHERE application_name = :name'),
+            {'name': application_name}).scalar()
+    engine.dispose()
+    assert ended, 'no connection of %s' % application_name
+
+
+@pytest.mark.parametrize('store', ['memcached', 'redis', 'postgresql'])
+def test_a_store_restarted_at_once_serves_the_next_requests(secret, store):
+    # Each thread of the instance keeps connections to the store, which a
+    # restart closes: the next request of each thread must not fail, nor
+    # the ones after (python-memcached, left alone, marked the server
+    # dead for 30 seconds in every thread).
+    with contextlib.ExitStack() as stack:
+        if store == 'memcached':
+            server = stack.enter_context(servers.MemcachedServer())
+            options = {'session.type': 'ext:memcached',
+                       'session.url': server.address}
+            restart, kept = (lambda: (server.kill(), server.start())), False
+        elif store == 'redis':
+            server = stack.enter_context(servers.RedisServer(
+                None, '--appendonly', 'yes', '--appendfsync', 'always'))
+            options = {'session.type': 'ext:redis', 'session.url': server.url}
+            restart, kept = (lambda: (server.kill(), server.start())), True
+        else:
+            url = servers.postgresql_url()
+            name = servers.unique_name()
+            options = {'session.type': 'ext:database',
+                       'session.url': url + '?application_name=' + name,
+                       'session.table_name': name}
+            stack.callback(drop_table, url, name)
+            restart, kept = (lambda: terminate_connections(name)), True
+        zope = stack.enter_context(ZopeInstance(
+            dict(options, **{'session.secret': secret})))
+        stack.callback(zope.stop)
+        zope.setup(BEAKER_SESSION_DATA_MANAGER, instance.COUNTER_SCRIPT)
+        zope.start()
+        cookies = []
+        for _ in range(12):
+            status, set_cookie, body = zope.get('/count')
+            assert (status, body) == (200, '1'), body
+            cookies.append(set_cookie.split(';')[0])
+        restart()
+        # A restarted memcached has forgotten the sessions.
+        for expected in ('2', '3') if kept else ('1', '2'):
+            for number, cookie in enumerate(cookies):
+                status, set_cookie, body = zope.get('/count', cookie)
+                assert (status, body) == (200, expected), (number, body)
+                if set_cookie:
+                    cookies[number] = set_cookie.split(';')[0]
+        assert 'Traceback' not in zope.log('event.log')
 
 
 def drop_table(url, table):

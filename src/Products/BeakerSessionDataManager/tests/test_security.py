@@ -158,6 +158,26 @@ class JsonSerializerTests(unittest.TestCase):
         self.assertNotIsInstance(caught.exception, SessionStoreError)
         self.assertIsInstance(caught.exception, TypeError)  # as stock's
 
+    def test_keys_json_would_turn_into_strings_fail_the_commit(self):
+        # json.dumps would store session[1] as session['1'] without a
+        # word, and session[1] and session['1'] as one key.
+        self.store.merge('e' * 32, lambda stored: {'n': 1})
+        for record, message in (
+                ({1: 'a', '1': 'b'}, "the key 1 (int) cannot be encoded"),
+                ({'cart': [{'items': {7: 'x'}}]},
+                 "the value of 'cart' cannot be encoded as JSON: it holds "
+                 "a dict with the key 7 (int)")):
+            with self.assertRaises(SessionValueError) as caught:
+                self.store.merge('e' * 32, lambda stored: record)
+            self.assertIn(message, str(caught.exception))
+            self.assertIn('string keys only', str(caught.exception))
+            self.assertEqual(self.store.load('e' * 32), {'n': 1})
+        cycle = []
+        cycle.append(cycle)
+        with self.assertRaisesRegex(SessionValueError,
+                                    "the value of 'cycle' cannot be encoded"):
+            self.store.merge('e' * 32, lambda stored: {'cycle': cycle})
+
 
 class RequestDumpTests(unittest.TestCase):
     """No password or token stored in a session shows in a request dump

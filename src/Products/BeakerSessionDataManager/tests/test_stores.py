@@ -17,6 +17,8 @@ from beaker.cache import clsmap
 from beaker.session import Session
 
 import transaction
+from OFS.SimpleItem import SimpleItem
+from ZODB.POSException import ConflictError
 
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager import namespaces
@@ -46,6 +48,53 @@ def second_store(store):
     return type(store)(store.namespace_class, store.namespace_args,
                        data_dir=store.data_dir, timeout=store.timeout,
                        name=store.name)
+
+
+class FailsAfterTheSession:
+    """A data manager that votes after the session writer and fails, as
+    zope.sqlalchemy's does (sort key ``~sqlalchemy:``: it commits the
+    database in its vote) when the database refuses the commit: a
+    serialization failure, which ZPublisher retries."""
+
+    transaction_manager = transaction.manager
+
+    def __init__(self, meanwhile=None):
+        self.meanwhile = meanwhile
+
+    def sortKey(self):
+        return '~sqlalchemy:%d' % id(self)
+
+    def tpc_vote(self, txn):
+        if self.meanwhile is not None:
+            self.meanwhile()
+        raise ConflictError('could not serialize access')
+
+    def abort(self, txn):
+        pass
+
+    tpc_begin = commit = tpc_abort = tpc_finish = abort
+
+
+class FailingCommitPage(SimpleItem):
+    """Counts in the session (or invalidates it); the commit of the first
+    attempt fails after the session was written, and ZPublisher retries."""
+
+    attempts = []
+    meanwhile = None
+
+    def __call__(self, REQUEST, invalidate=False):
+        """Publishable."""
+        session = REQUEST.SESSION
+        self.attempts.append((session.getContainerKey(), dict(session)))
+        first = len(self.attempts) == 1
+        if invalidate and first:
+            session.invalidate()
+        elif not invalidate:
+            session['count'] = session.get('count', 0) + 1
+            session['attempt-%d' % len(self.attempts)] = True
+        if first:
+            transaction.get().join(FailsAfterTheSession(self.meanwhile))
+        return 'ok'
 
 
 class StoreTests:
@@ -101,6 +150,66 @@ return '%s %s' % (session['count'], session.getContainerKey())
                     for merge in range(MERGES_PER_WRITER)}
         self.assertEqual(errors, [])
         self.assertEqual(expected - set(stored), set())
+
+    def failing_commit(self, meanwhile=None):
+        """A browser with a session counted once, and the page."""
+        from ZPublisher.HTTPRequest import HTTPRequest
+
+        # What zope.conf's max-conflict-retries sets at start-up.
+        self.addCleanup(setattr, HTTPRequest, 'retry_max_count',
+                        HTTPRequest.retry_max_count)
+        HTTPRequest.retry_max_count = 3
+        FailingCommitPage.attempts = []
+        FailingCommitPage.meanwhile = staticmethod(meanwhile)
+        self.app._setObject('failing', FailingCommitPage())
+        self.addCounter()
+        browser = self.browser()
+        session_id = self.get(browser, '/count').split()[1]
+        return browser, session_id
+
+    def user_keys(self, session_id):
+        record = self.store.load(session_id) or {}
+        return {key: value for key, value in record.items()
+                if not key.startswith('_')}
+
+    def test_a_commit_failing_after_the_session_write_takes_it_back(self):
+        # The retry starts from the session as it was, and what is stored
+        # is the retry's write alone.
+        browser, session_id = self.failing_commit()
+        self.get(browser, '/failing')
+        self.assertEqual(FailingCommitPage.attempts,
+                         [(session_id, {'count': 1})] * 2)
+        self.assertEqual(self.user_keys(session_id),
+                         {'count': 2, 'attempt-2': True})
+
+    def test_taking_a_write_back_keeps_later_writes_of_others(self):
+        # Another request writes between our write and the failure: its
+        # keys stay, and so does its value of a key we had written.
+        def meanwhile():
+            second_store(self.store).merge(
+                session_id,
+                lambda record: dict(record or {}, count=10, other=1))
+        browser, session_id = self.failing_commit(meanwhile)
+        self.get(browser, '/failing')
+        self.assertEqual(FailingCommitPage.attempts[1][1],
+                         {'count': 10, 'other': 1})
+        self.assertEqual(self.user_keys(session_id),
+                         {'count': 11, 'other': 1, 'attempt-2': True})
+
+    def test_taking_back_an_invalidation_and_a_new_session(self):
+        browser, session_id = self.failing_commit()
+        self.get(browser, '/failing', invalidate=1)
+        self.assertEqual(FailingCommitPage.attempts,
+                         [(session_id, {'count': 1})] * 2)
+        self.assertEqual(self.user_keys(session_id), {'count': 1})
+        # A new browser: the session the first attempt made is gone.
+        FailingCommitPage.attempts = []
+        self.get(self.browser(), '/failing')
+        (first, _), (second, _) = FailingCommitPage.attempts
+        self.assertNotEqual(first, second)
+        self.assertIsNone(self.store.load(first))
+        self.assertEqual(self.user_keys(second),
+                         {'count': 1, 'attempt-2': True})
 
     def test_expired_session_reads_as_a_fresh_one(self):
         self.addCounter()
@@ -226,6 +335,63 @@ class FileCutShortTests(PublishingTestCase):
         self.assertEqual(count, '1')
         self.assertNotEqual(new_id, session_id)
         self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+
+
+class FileLockKeptTests(PublishingTestCase):
+    """A process that holds a session's lock and never lets go (stopped
+    with ^Z, in a debugger): its requests wait ``LOCK_WAIT`` seconds,
+    then get a 503, instead of holding a thread each for good."""
+
+    layer = stores.LAYERS['file']
+
+    def test_the_sessions_requests_give_up_and_the_others_go_on(self):
+        import fcntl
+        StoreTests.addCounter(self)
+        browser = self.browser()
+        session_id = self.get(browser, '/count').split()[1]
+        store = self.layer['beaker_configuration'].store
+        self.addCleanup(setattr, namespaces, 'LOCK_WAIT', namespaces.LOCK_WAIT)
+        namespaces.LOCK_WAIT = 0.3
+        descriptor = os.open(store.lock_path(session_id), os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            response = browser.get('/count', status=503)
+            self.assertIn('session store is unavailable', response.text)
+            self.assertEqual(self.get(self.browser(), '/count').split()[0],
+                             '1')
+        finally:
+            os.close(descriptor)
+        self.assertEqual(self.get(browser, '/count').split(),
+                         ['2', session_id])
+
+
+class DbmIndexCutShortTests(PublishingTestCase):
+    """A dbm.dumb index (``.dir``) that a crash cut short: Beaker fails on
+    it for good, which was a 503 on every request of the session."""
+
+    layer = stores.LAYERS['dbm']
+
+    def test_its_browser_gets_a_new_session_and_keeps_it(self):
+        StoreTests.addCounter(self)
+        browser = self.browser()
+        self.get(browser, '/count')
+        count, session_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '2')
+        store = self.layer['beaker_configuration'].store
+        index = store._namespace(session_id).file + '.dir'
+        if not os.path.exists(index):
+            self.skipTest('the dbm module is not dbm.dumb')
+        os.truncate(index, os.path.getsize(index) // 2)
+        count, new_id = self.get(browser, '/count').split()
+        self.assertEqual(count, '1')
+        self.assertNotEqual(new_id, session_id)
+        self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+        # A write of the damaged session makes its file afresh.
+        self.assertIsNone(store.load(session_id))
+        with self.assertLogs(LOGGER, logging.WARNING) as logged:
+            store.merge(session_id, lambda record: {'n': 1})
+        self.assertIn('it is made afresh', logged.output[0])
+        self.assertEqual(store.load(session_id), {'n': 1})
 
 
 class UnpicklableData:
