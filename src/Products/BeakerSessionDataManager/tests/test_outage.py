@@ -380,6 +380,25 @@ class OutageLogTests(unittest.TestCase):
         self.assertNotIn('secret data', ' '.join(messages))
 
 
+def load_or_error(store, seconds):
+    """What ``store`` answers for a session in a thread of its own (a
+    record or the exception), failing the test if it still waits after
+    ``seconds``."""
+    outcome = []
+
+    def load():
+        try:
+            outcome.append(store.load(secrets.token_hex(16)))
+        except Exception as exc:
+            outcome.append(exc)
+
+    reading = threading.Thread(target=load, daemon=True)
+    reading.start()
+    reading.join(seconds)
+    assert len(outcome) == 1, 'still waiting after %s s' % seconds
+    return outcome[0]
+
+
 def test_a_postgresql_that_never_answers(secret, monkeypatch):
     # A server that accepts connections and never answers (a hung
     # PostgreSQL, the port of something else): the read fails after the
@@ -393,19 +412,7 @@ def test_a_postgresql_that_never_answers(secret, monkeypatch):
             'session.url': 'postgresql+psycopg2://zope@127.0.0.1:%d/sessions'
                            % silent.getsockname()[1],
             'session.secret': secret}).store
-        outcome = []
-
-        def load():
-            try:
-                outcome.append(store.load(secrets.token_hex(16)))
-            except Exception as exc:
-                outcome.append(exc)
-
-        reading = threading.Thread(target=load, daemon=True)
-        reading.start()
-        reading.join(30)
-        assert len(outcome) == 1, 'still waiting'
-        assert 'timeout expired' in str(outcome[0])
+        assert 'timeout expired' in str(load_or_error(store, 30))
 
 
 def test_a_postgresql_host_gone_from_the_network(secret, monkeypatch):
@@ -432,21 +439,9 @@ def test_a_postgresql_host_gone_from_the_network(secret, monkeypatch):
         try:
             assert store.load(secrets.token_hex(16)) is None
             host.vanish()
-            outcome = []
-
-            def load():
-                try:
-                    outcome.append(store.load(secrets.token_hex(16)))
-                except Exception as exc:
-                    outcome.append(exc)
-
-            reading = threading.Thread(target=load, daemon=True)
-            reading.start()
-            reading.join(60)
-            assert len(outcome) == 1, 'still waiting'
             # The ping of the pooled connection timed out; connecting
             # again fails as the host is not there.
-            error = outcome[0]
+            error = load_or_error(store, 60)
             assert isinstance(error, psycopg2.OperationalError), error
         finally:
             drop_table(url, table)
