@@ -16,6 +16,7 @@ import re
 import time
 from datetime import datetime
 
+from .browserid import SESSION_ID
 from .namespaces import LockTimeout
 from .session import ACCESSED
 from .store import DAMAGED
@@ -24,7 +25,6 @@ from .store import UNREADABLE
 from .store import pickled_dict
 
 
-SESSION_ID = re.compile(r'[0-9a-f]{32}\Z').match
 # Files as Beaker's file and dbm namespace managers name them with
 # digest_filenames off: <id>.cache, or <id>.dbm plus the files of dbm.dumb
 # (.dat, .dir, .bak) or of the other dbm modules.
