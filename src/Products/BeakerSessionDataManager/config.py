@@ -286,11 +286,6 @@ class SessionConfiguration:
                     self.type, mask_url(where), option)
         return '%s session store' % self.type
 
-    def describe(self):
-        """The effective options, with secrets masked, for display."""
-        return {'session.' + name: mask_option(name, value)
-                for name, value in sorted(self.options.items())}
-
     def source_of(self, name):
         """Where option ``name`` (no prefix) came from: ``source`` or
         'default'."""
