@@ -425,11 +425,15 @@ def coerce_option(name, value):
         if name == 'samesite':
             if value in (None, '', False) or str(value).lower() == 'false':
                 return None
-            return SAMESITE_VALUES[str(value).lower()]
+            samesite = SAMESITE_VALUES.get(str(value).lower())
+            if samesite is None:
+                raise ConfigurationError(
+                    'session.samesite: must be Lax, Strict or None, not %r.'
+                    % value)
+            return samesite
         return coerce_session_params({name: value})[name]
-    except KeyError:
-        raise ConfigurationError(
-            'session.samesite: must be Lax, Strict or None, not %r.' % value)
+    except ConfigurationError:
+        raise
     except Exception as exc:
         raise ConfigurationError(
             'session.%s: invalid value %r (%s)' % (name, value, exc))
