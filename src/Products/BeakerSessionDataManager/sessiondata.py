@@ -194,7 +194,10 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         """Remove the traversal hook with the manager."""
         self.updateTraversalData(None)
 
+    @security.private
     def updateTraversalData(self, requestSessionName=None):
+        """Replace the hook publishing the session as
+        ``request[requestSessionName]``; without a name, remove it."""
         parent = aq_parent(aq_inner(self))
         if getattr(self, '_hasTraversalHook', None):
             for name in HOOK_NAMES:
