@@ -48,8 +48,6 @@ NETWORK_TYPES = ('ext:redis', 'ext:rediscluster', 'ext:memcached',
                  'ext:database', 'ext:sqla')
 PROBE_SESSION_ID = '0' * 32
 PROBE_TIMEOUT = 5
-SERVER_SIDE_TYPES = ('memory', 'file', 'dbm', 'ext:redis', 'ext:rediscluster',
-                     'ext:memcached', 'ext:database', 'ext:sqla')
 # Options that shape the session and its cookie; everything else is handed
 # to the store (Beaker's namespace manager), as Beaker itself does.
 SESSION_OPTIONS = frozenset([
@@ -114,7 +112,8 @@ class SessionConfiguration:
         if self.type not in STORE_OPTIONS:
             raise ConfigurationError(
                 'session.type: unknown store %r; choose one of %s or cookie.'
-                % (self.type, ', '.join(SERVER_SIDE_TYPES)))
+                % (self.type, ', '.join(name for name in STORE_OPTIONS
+                                        if name != 'cookie')))
         check_option_names(self.type, self.given)
         self.timeout = options['timeout'] or None
         self.write_granularity = options['write_granularity']
