@@ -50,7 +50,6 @@ class SessionWriter:
         self._written = None
         # (record before, record after) of this transaction's write.
         self._wrote = None
-        session._writer = self
 
     def join(self):
         current = self.transaction_manager.get()

@@ -176,9 +176,9 @@ class BeakerSessionData(Implicit):
         """The transaction data manager (see datamanager.py), made when
         first needed; None without a store."""
         if self._writer is None and self._store is not None:
-            # It sets _writer on the session itself, not on an
-            # acquisition wrapper of it.
-            SessionWriter(aq_base(self), self._store)
+            # The session itself, not an acquisition wrapper of it.
+            session = aq_base(self)
+            session._writer = SessionWriter(session, self._store)
         return self._writer
 
     def _changing_data(self):
