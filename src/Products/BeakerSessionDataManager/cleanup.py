@@ -110,7 +110,9 @@ class FilesLayout:
         self.lock_dir = options.get('lock_dir') or os.path.join(
             data_dir, 'container_%s_lock' % kind)
         self.marker = os.path.join(data_dir or self.root, MARKER_FILE)
+        # What candidates() found, for sweep().
         self._written = {}
+        self._temp_files = []
 
     def count(self):
         return len({match.group(1) for match in (
