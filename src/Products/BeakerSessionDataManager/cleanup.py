@@ -16,6 +16,7 @@ import re
 import time
 from datetime import datetime
 
+from .browserid import SESSION_ID
 from .namespaces import LockTimeout
 from .session import ACCESSED
 from .store import DAMAGED
@@ -24,7 +25,6 @@ from .store import UNREADABLE
 from .store import pickled_dict
 
 
-SESSION_ID = re.compile(r'[0-9a-f]{32}\Z').match
 # Files as Beaker's file and dbm namespace managers name them with
 # digest_filenames off: <id>.cache, or <id>.dbm plus the files of dbm.dumb
 # (.dat, .dir, .bak) or of the other dbm modules.
@@ -110,7 +110,9 @@ class FilesLayout:
         self.lock_dir = options.get('lock_dir') or os.path.join(
             data_dir, 'container_%s_lock' % kind)
         self.marker = os.path.join(data_dir or self.root, MARKER_FILE)
+        # What candidates() found, for sweep().
         self._written = {}
+        self._temp_files = []
 
     def count(self):
         return len({match.group(1) for match in (

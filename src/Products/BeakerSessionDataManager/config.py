@@ -48,8 +48,6 @@ NETWORK_TYPES = ('ext:redis', 'ext:rediscluster', 'ext:memcached',
                  'ext:database', 'ext:sqla')
 PROBE_SESSION_ID = '0' * 32
 PROBE_TIMEOUT = 5
-SERVER_SIDE_TYPES = ('memory', 'file', 'dbm', 'ext:redis', 'ext:rediscluster',
-                     'ext:memcached', 'ext:database', 'ext:sqla')
 # Options that shape the session and its cookie; everything else is handed
 # to the store (Beaker's namespace manager), as Beaker itself does.
 SESSION_OPTIONS = frozenset([
@@ -114,7 +112,8 @@ class SessionConfiguration:
         if self.type not in STORE_OPTIONS:
             raise ConfigurationError(
                 'session.type: unknown store %r; choose one of %s or cookie.'
-                % (self.type, ', '.join(SERVER_SIDE_TYPES)))
+                % (self.type, ', '.join(name for name in STORE_OPTIONS
+                                        if name != 'cookie')))
         check_option_names(self.type, self.given)
         self.timeout = options['timeout'] or None
         self.write_granularity = options['write_granularity']
@@ -286,11 +285,6 @@ class SessionConfiguration:
                     self.type, mask_url(where), option)
         return '%s session store' % self.type
 
-    def describe(self):
-        """The effective options, with secrets masked, for display."""
-        return {'session.' + name: mask_option(name, value)
-                for name, value in sorted(self.options.items())}
-
     def source_of(self, name):
         """Where option ``name`` (no prefix) came from: ``source`` or
         'default'."""
@@ -430,11 +424,15 @@ def coerce_option(name, value):
         if name == 'samesite':
             if value in (None, '', False) or str(value).lower() == 'false':
                 return None
-            return SAMESITE_VALUES[str(value).lower()]
+            samesite = SAMESITE_VALUES.get(str(value).lower())
+            if samesite is None:
+                raise ConfigurationError(
+                    'session.samesite: must be Lax, Strict or None, not %r.'
+                    % value)
+            return samesite
         return coerce_session_params({name: value})[name]
-    except KeyError:
-        raise ConfigurationError(
-            'session.samesite: must be Lax, Strict or None, not %r.' % value)
+    except ConfigurationError:
+        raise
     except Exception as exc:
         raise ConfigurationError(
             'session.%s: invalid value %r (%s)' % (name, value, exc))

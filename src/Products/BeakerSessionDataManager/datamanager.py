@@ -2,9 +2,9 @@
 
 The writer joins the transaction the first time its session may need
 writing.  It votes last: its vote merges the request's changes onto the
-latest stored record under the store's lock, so a store that cannot be
-written makes the whole transaction fail instead of committing the ZODB
-without the session.
+latest stored record, under the store's lock or with its compare-and-set
+(``ISessionStore.merge``), so a store that cannot be written makes the
+whole transaction fail instead of committing the ZODB without the session.
 
 Data managers that vote after it (zope.sqlalchemy's, whose sort key is
 ``~sqlalchemy``, commits the database in its vote) can still fail the
@@ -50,7 +50,6 @@ class SessionWriter:
         self._written = None
         # (record before, record after) of this transaction's write.
         self._wrote = None
-        session._writer = self
 
     def join(self):
         current = self.transaction_manager.get()

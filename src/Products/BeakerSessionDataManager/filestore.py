@@ -96,7 +96,7 @@ class FileStore(BeakerStore):
     def merge(self, session_id, apply):
         """See ISessionStore."""
         path = self.path(session_id)
-        with self._locked(session_id):
+        with self._session_lock(session_id):
             descriptor, writable = locked_session_file(path)
             try:
                 old = b'' if descriptor is None else read_whole(descriptor)
@@ -122,7 +122,7 @@ class FileStore(BeakerStore):
     # -- helpers --
 
     @contextmanager
-    def _locked(self, session_id):
+    def _session_lock(self, session_id):
         """Beaker's exclusive lock of the session (FileSynchronizer).
 
         The cleanup removes the lock file of a session it removes, holding

@@ -67,7 +67,9 @@ class IBeakerSessionDataManager(IMutableSessionDataManager):
 
     o Changes are written once, when the Zope transaction commits, and
       only the keys this request changed: concurrent requests of one
-      browser that change different keys do not overwrite each other.
+      browser that change different keys do not overwrite each other
+      in a server-side store.  (In the cookie store, and under Beaker's
+      SessionMiddleware, which save whole sessions, the last one wins.)
       A request that raises (transaction aborted) writes nothing.
     """
 

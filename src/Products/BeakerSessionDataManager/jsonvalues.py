@@ -7,6 +7,9 @@ PluggableAuthService keeps the CSRF token of its ZMI forms in the session
 as bytes, so that without them no user could be managed in the ZMI).  A
 bytes value is written as ``{"__bytes__": "<base64>"}`` and read back as
 bytes.
+
+JSON keeps string keys only: ``string_keys_error`` tells, before a record
+is encoded, which key would silently come back as a string.
 """
 import binascii
 import json

@@ -1,4 +1,5 @@
-"""Beaker namespace managers whose merge lock holds across Zope instances.
+"""Beaker's namespace managers as the stores use them, and the options
+that choose and configure them (``namespace_for``).
 
 Beaker locks SQL namespaces with a file lock on the local disk, which does
 nothing for a second Zope on another host (memcached has its own store,
@@ -9,8 +10,15 @@ sessions can still share the store, and replace the locking:
 
 - SQL: the read and the write of a merge happen in one database
   transaction, under a transaction-level advisory lock on PostgreSQL,
-  ``BEGIN IMMEDIATE`` on SQLite and ``SELECT ... FOR UPDATE`` elsewhere;
-- dbm: the file of a new session is created under the session's lock.
+  ``BEGIN IMMEDIATE`` on SQLite and ``SELECT ... FOR UPDATE`` elsewhere,
+  waiting at most ``LOCK_WAIT`` seconds on the first two;
+- dbm: the file of a new session is created under the session's lock, and
+  an index a crash cut short is no session instead of an error;
+- file and dbm: records are unpickled as plain data only.
+
+``namespace_for`` checks each store's ``session.url`` and client library
+at start-up, and gives SQL engines the connection defaults they lack
+(pool pre-ping; libpq's connect, keepalive and TCP user timeouts).
 """
 import importlib
 import os

@@ -572,16 +572,9 @@ class Slot:
     def _after_fork(self):
         """In a forked child: the parent's connection, its cache and its
         lock (maybe held by a thread the child does not have) are not
-        ours."""
+        ours.  Closing our copy of the socket leaves the parent's open."""
         self.lock = threading.Lock()
-        self.cache.clear()
-        self.flushed = False
-        self.registry_changed = False
-        self.suspect = False
-        if self.connection is not None:
-            # Closing our copy of the socket leaves the parent's open.
-            self.connection.close()
-            self.connection = None
+        self._drop()
 
     def _invalidate(self, keys):
         if keys is None:

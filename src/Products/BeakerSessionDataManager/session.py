@@ -69,13 +69,13 @@ def fingerprint(value):
         return None
 
 
-def expired(record, timeout, now=None):
+def expired(record, timeout):
     """Whether ``record`` was last accessed more than ``timeout`` seconds
     ago (never, without a timeout)."""
     accessed = record.get(ACCESSED)
     if not timeout or not isinstance(accessed, (int, float)):
         return False
-    return (time.time() if now is None else now) - accessed > timeout
+    return time.time() - accessed > timeout
 
 
 def is_marked(key):
@@ -176,9 +176,9 @@ class BeakerSessionData(Implicit):
         """The transaction data manager (see datamanager.py), made when
         first needed; None without a store."""
         if self._writer is None and self._store is not None:
-            # It sets _writer on the session itself, not on an
-            # acquisition wrapper of it.
-            SessionWriter(aq_base(self), self._store)
+            # The session itself, not an acquisition wrapper of it.
+            session = aq_base(self)
+            session._writer = SessionWriter(session, self._store)
         return self._writer
 
     def _changing_data(self):

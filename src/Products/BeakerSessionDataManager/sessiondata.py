@@ -159,7 +159,8 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         if session._is_new:
             # Made in this request: nobody else can know the id.
             return session.getContainerKey()
-        middleware = self._middleware_store(self._request())
+        request = self._request()
+        middleware = self._middleware_store(request)
         if middleware is not None:
             # The middleware owns the id and the cookie: Beaker renames the
             # session, which is then saved under its new id.
@@ -170,7 +171,6 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         # Renamed in place: code holding the session from before the login
         # (``request.SESSION`` among them) goes on with it.  The record
         # under the old id is deleted at commit.
-        request = self._request()
         configuration = self._configuration()
         self._session(session._id, None, session._store,
                       configuration).invalidate()
@@ -194,7 +194,10 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         """Remove the traversal hook with the manager."""
         self.updateTraversalData(None)
 
+    @security.private
     def updateTraversalData(self, requestSessionName=None):
+        """Replace the hook publishing the session as
+        ``request[requestSessionName]``; without a name, remove it."""
         parent = aq_parent(aq_inner(self))
         if getattr(self, '_hasTraversalHook', None):
             for name in HOOK_NAMES:

@@ -13,7 +13,7 @@ from functools import partial
 
 from beaker.container import MemoryNamespaceManager
 
-from .cleanup import SESSION_ID
+from .browserid import SESSION_ID
 from .cleanup import layout_for
 from .redisclient import Connection
 from .session import ACCESSED

@@ -23,7 +23,6 @@ from beaker.crypto import get_crypto_module
 from beaker.crypto import get_nonce_size
 from beaker.ext.sqla import SqlaNamespaceManager
 from beaker.synchronization import FileSynchronizer
-from beaker.util import PickleSerializer
 
 import transaction
 from ZODB.POSException import ConflictError
@@ -120,14 +119,13 @@ class BeakerStore:
             # Redis reads its key expiry from here, as with Beaker sessions.
             self.namespace_args.setdefault('timeout', self.ttl)
         self._json = serializer == 'json'
-        self.serializer = (SessionJsonSerializer() if self._json
-                           else PickleSerializer())
-        # What PickleSerializer calls, without the calls around it.
-        if serializer == 'json':
-            self._dumps, self._loads = self.serializer.dumps, \
-                self.serializer.loads
+        if self._json:
+            json_serializer = SessionJsonSerializer()
+            self._dumps, self._loads = json_serializer.dumps, \
+                json_serializer.loads
         else:
-            # ZODB objects as references (see references.py).
+            # Protocol 2, as Beaker's PickleSerializer; ZODB objects as
+            # references (see references.py).
             self._dumps = partial(references.dumps, protocol=2)
             self._loads = references.loads
         self.encrypt_key = encrypt_key
