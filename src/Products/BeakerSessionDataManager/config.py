@@ -179,16 +179,11 @@ class SessionConfiguration:
                 '"json": the browser sends the cookie back, and a pickle '
                 'from it could run any code should the keys ever leak.')
         crypto_module = aes_module(options, 'the cookie store')
-        nonce_bits = options.get('encrypt_nonce_bits') or DEFAULT_NONCE_BITS
-        if nonce_bits % 8:
-            raise ConfigurationError(
-                'session.encrypt_nonce_bits: must be a multiple of 8, not %d.'
-                % nonce_bits)
         return SessionRecordCookie(
             validate_key=options['validate_key'],
             encrypt_key=options['encrypt_key'],
             crypto_module=crypto_module,
-            nonce_bits=nonce_bits,
+            nonce_bits=nonce_bits(options),
             timeout=self.timeout,
             **self._cookie_params())
 
@@ -240,6 +235,9 @@ class SessionConfiguration:
             aes_module(options, 'session.encrypt_key')
         store_class = BeakerStore
         extra = {}
+        if options.get('encrypt_key'):
+            # As Beaker's sessions take it: they read the records too.
+            extra['encrypt_nonce_bits'] = nonce_bits(options)
         if self.type == 'ext:redis':
             # Beaker's records, read from a cache Redis keeps coherent.
             from .redisstore import DEFAULT_CACHE_SIZE
@@ -436,6 +434,17 @@ def coerce_option(name, value):
     except Exception as exc:
         raise ConfigurationError(
             'session.%s: invalid value %r (%s)' % (name, value, exc))
+
+
+def nonce_bits(options):
+    """``session.encrypt_nonce_bits``, checked: Beaker cuts the nonce at
+    whole bytes, and a store's records are readable only with the same."""
+    bits = options.get('encrypt_nonce_bits') or DEFAULT_NONCE_BITS
+    if bits % 8:
+        raise ConfigurationError(
+            'session.encrypt_nonce_bits: must be a multiple of 8, not %d.'
+            % bits)
+    return bits
 
 
 def aes_module(options, user):

@@ -202,6 +202,27 @@ class ParseTests(unittest.TestCase):
                     type='ext:rediscluster', url='redis://127.0.0.1:7000',
                     password='x'))
 
+    def test_encrypted_records_take_the_nonce_size(self):
+        # Beaker's own sessions on the same store read what we write, and
+        # the other way round, with the same encrypt_nonce_bits.
+        from beaker.session import Session
+        keys = dict(encrypt_key=SECRET[::-1], validate_key=SECRET)
+        store = config.configure(self.settings(
+            encrypt_nonce_bits='64', **keys)).store
+        store.merge('c' * 32, lambda record: {'card': '4111'})
+        data_dir = os.path.join(self.tmp, 'data')
+        session = Session(
+            {}, id='c' * 32, use_cookies=False, type='file',
+            data_dir=data_dir, lock_dir=os.path.join(data_dir, 'lock'),
+            encrypt_nonce_bits=64, **keys)
+        self.assertEqual(session['card'], '4111')
+        session['theirs'] = 2
+        session.save()
+        self.assertEqual(store.load('c' * 32)['theirs'], 2)
+        self.assertMessage(
+            'session.encrypt_nonce_bits: must be a multiple of 8, not 12.',
+            self.settings(encrypt_nonce_bits='12', **keys))
+
     def test_validate_key_needs_encrypt_key(self):
         self.assertMessage(
             'session.validate_key: does nothing without session.encrypt_key '
