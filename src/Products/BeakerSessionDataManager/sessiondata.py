@@ -21,6 +21,7 @@ from OFS.SimpleItem import SimpleItem
 from Products.PageTemplates.PageTemplateFile import PageTemplateFile
 from Products.Sessions.SessionDataManager import SessionDataManagerTraverser
 from zExceptions import BadRequest
+from ZODB.POSException import ConflictError
 from zope.globalrequest import getRequest
 from zope.interface import implementer
 from ZPublisher.BeforeTraverse import queryBeforeTraverse
@@ -294,6 +295,8 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         try:
             with zodb_connection(self._p_jar):
                 record = store.load(session_id)
+        except ConflictError:
+            raise  # Of the ZODB, resolving a reference: Zope retries.
         except Exception as exc:
             outage_log.failed(store.name, 'read from', exc)
             raise SessionStoreError(

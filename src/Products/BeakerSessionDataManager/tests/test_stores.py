@@ -50,6 +50,15 @@ def second_store(store):
                        name=store.name)
 
 
+def retry_conflicts(test):
+    """Let ZPublisher retry a ConflictError during ``test``, as zope.conf's
+    max-conflict-retries makes it do at start-up."""
+    from ZPublisher.HTTPRequest import HTTPRequest
+    test.addCleanup(setattr, HTTPRequest, 'retry_max_count',
+                    HTTPRequest.retry_max_count)
+    HTTPRequest.retry_max_count = 3
+
+
 class FailsAfterTheSession:
     """A data manager that votes after the session writer and fails, as
     zope.sqlalchemy's does (sort key ``~sqlalchemy:``: it commits the
@@ -153,12 +162,7 @@ return '%s %s' % (session['count'], session.getContainerKey())
 
     def failing_commit(self, meanwhile=None):
         """A browser with a session counted once, and the page."""
-        from ZPublisher.HTTPRequest import HTTPRequest
-
-        # What zope.conf's max-conflict-retries sets at start-up.
-        self.addCleanup(setattr, HTTPRequest, 'retry_max_count',
-                        HTTPRequest.retry_max_count)
-        HTTPRequest.retry_max_count = 3
+        retry_conflicts(self)
         FailingCommitPage.attempts = []
         FailingCommitPage.meanwhile = staticmethod(meanwhile)
         self.app._setObject('failing', FailingCommitPage())
@@ -335,6 +339,35 @@ class FileCutShortTests(PublishingTestCase):
         self.assertEqual(count, '1')
         self.assertNotEqual(new_id, session_id)
         self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+
+
+class ConflictWhileReadingTests(PublishingTestCase):
+    """A ConflictError of the ZODB while the session is read (resolving a
+    reference to a ZODB object in it) is retried by Zope, as any other,
+    not answered as a store outage (503)."""
+
+    layer = stores.LAYERS['file']
+
+    def test_the_request_is_retried(self):
+        retry_conflicts(self)
+        StoreTests.addCounter(self)
+        browser = self.browser()
+        session_id = self.get(browser, '/count').split()[1]
+        store = self.layer['beaker_configuration'].store
+        load = store.load
+        conflicts = []
+
+        def load_after_a_conflict(session_id):
+            if not conflicts:
+                conflicts.append(session_id)
+                raise ConflictError('read conflict')
+            return load(session_id)
+
+        store.load = load_after_a_conflict
+        self.addCleanup(delattr, store, 'load')
+        self.assertEqual(self.get(browser, '/count').split(),
+                         ['2', session_id])
+        self.assertEqual(conflicts, [session_id])
 
 
 class FileLockKeptTests(PublishingTestCase):
