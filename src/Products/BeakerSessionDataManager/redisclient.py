@@ -517,9 +517,8 @@ class Slot:
             return MISSING
         try:
             connection.take_notices()
-        except BaseException:
-            self._drop()
-            return MISSING
+        except BaseException as exc:
+            return self._dropped(exc)
         if self.flushed:
             # A new connection enters the cache in the registry again,
             # before it reads what it keeps.
@@ -530,14 +529,22 @@ class Slot:
             try:
                 if not connection.still_registered():
                     self.client.suspect_caches()
-            except BaseException:
-                self._drop()
-                return MISSING
+            except BaseException as exc:
+                return self._dropped(exc)
         if self.suspect:
             self.suspect = False
             self.cache.clear()
             return MISSING
         return self.cache.get(key, MISSING)
+
+    def _dropped(self, exc):
+        """A cache miss after ``exc``: the connection, in a state nobody
+        knows, is dropped, and the read goes to Redis on a new one.  An
+        interruption (KeyboardInterrupt, SystemExit) goes on up."""
+        self._drop()
+        if not isinstance(exc, Exception):
+            raise exc
+        return MISSING
 
     def keep(self, key, value):
         """Cache what the connection just read or wrote: tracked now."""
