@@ -226,8 +226,27 @@ class BeakerSessionData(Implicit):
         if self._is_new or \
                 now - self._last_accessed > self._write_granularity:
             self._last_accessed = now
-            self._touched = True
-            self._register()
+            self._touch()
+
+    def _touch(self):
+        """The commit writes the session, changed or not."""
+        self._touched = True
+        self._register()
+
+    def _keep(self):
+        """A browser id only (``getBrowserId()``) becomes a session."""
+        self._id_only = False
+        self._touch()
+
+    def _rename(self, session_id, rewrite=True):
+        """Go on under ``session_id``, a new id at login: code holding the
+        session goes on with it.  With ``rewrite``, the commit writes the
+        whole session under its new id, as a new one."""
+        self._id = session_id
+        if rewrite:
+            self._is_new = True
+            self._changed.update(dict.fromkeys(self._data))
+        self._touch()
 
     def _needs_write(self):
         """Whether the commit writes; values changed in place count once
@@ -300,8 +319,7 @@ class BeakerSessionData(Implicit):
         if value:
             for key in list(self._read_mutables):
                 self._changing(key)
-            self._touched = True
-            self._register()
+            self._touch()
 
     _p_changed = property(_get_p_changed, _set_p_changed)
 
@@ -343,8 +361,7 @@ class BeakerSessionData(Implicit):
 
     def setLastModified(self):
         self._last_modified = time.time()
-        self._touched = True
-        self._register()
+        self._touch()
 
     def getCreated(self):
         return self._created

@@ -106,10 +106,7 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         if session is None:
             return None
         if session._id_only:
-            # The browser had an id (getBrowserId); now it has a session.
-            session._id_only = False
-            session._touched = True
-            session._register()
+            session._keep()
         return session.__of__(self)
 
     @security.protected(access_session_data)
@@ -165,23 +162,17 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
         if middleware is not None:
             # The middleware owns the id and the cookie: Beaker renames the
             # session, which is then saved under its new id.
-            session._id = middleware.regenerate_id()
-            session._touched = True
-            session._register()
-            return session._id
-        # Renamed in place: code holding the session from before the login
-        # (``request.SESSION`` among them) goes on with it.  The record
+            session._rename(middleware.regenerate_id(), rewrite=False)
+            return session.getContainerKey()
+        # Renamed in place (``request.SESSION`` holds it too); the record
         # under the old id is deleted at commit.
         configuration = self._configuration()
         self._session(session._id, None, session._store,
                       configuration).invalidate()
-        session._id = configuration.cookie.new_id()
-        configuration.cookie.send(request.response, session._id)
-        session._is_new = True
-        session._changed.update(dict.fromkeys(session._data))
-        session._touched = True
-        session._register()
-        return session._id
+        session._rename(configuration.cookie.new_id())
+        configuration.cookie.send(request.response,
+                                  session.getContainerKey())
+        return session.getContainerKey()
 
     #
     #   Traversal hook: request.SESSION
