@@ -117,7 +117,9 @@ class SessionConfiguration:
                 % (self.type, ', '.join(SERVER_SIDE_TYPES)))
         check_option_names(self.type, self.given)
         self.timeout = options['timeout'] or None
-        self.write_granularity = options['write_granularity']
+        self.write_granularity = options['write_granularity'] = \
+            write_granularity(options['write_granularity'], self.timeout,
+                              'write_granularity' in self.given)
         if self.type == 'cookie':
             # The client-side store: no session.secret, no server store.
             self.cookie = self._make_session_cookie()
@@ -438,6 +440,27 @@ def coerce_option(name, value):
     except Exception as exc:
         raise ConfigurationError(
             'session.%s: invalid value %r (%s)' % (name, value, exc))
+
+
+def write_granularity(granularity, timeout, given):
+    """The write granularity to use with ``timeout``.
+
+    A request that only reads records the access once per granularity, so
+    a session that is only read ends up to that much before ``timeout``
+    after its last use: one at least as long as the timeout ends sessions
+    in use, on every instance that reads them.  The default is at most
+    half the timeout; a given one must be shorter than it.
+    """
+    if not timeout or granularity < timeout / 2:
+        return granularity
+    if given and granularity >= timeout:
+        raise ConfigurationError(
+            'session.write_granularity: %d is not less than session.timeout '
+            '(%d): a session that is only read would expire while in use; '
+            'make it less than the timeout, or remove it (the default is '
+            '%d seconds, or half the timeout if that is shorter).'
+            % (granularity, timeout, WRITE_GRANULARITY))
+    return granularity if given else timeout // 2
 
 
 def aes_module(options, user):

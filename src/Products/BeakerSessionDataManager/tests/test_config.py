@@ -357,6 +357,27 @@ class ParseTests(unittest.TestCase):
         self.assertRejected('session.secret', self.settings(secret='s3cr3t'))
         self.assertRejected('session.secret', self.settings(secret='x' * 40))
 
+    def test_write_granularity_is_shorter_than_the_timeout(self):
+        # A session only read records its access once per granularity: one
+        # as long as the timeout would end sessions in use.
+        granularity = {
+            timeout: config.configure(self.settings(
+                timeout=timeout)).write_granularity
+            for timeout in ('0', '1', '3', '60', '61', '1200')}
+        self.assertEqual(granularity,
+                         {'0': 30, '1': 0, '3': 1, '60': 30, '61': 30,
+                          '1200': 30})
+        configuration = config.configure(self.settings(
+            timeout='3', write_granularity='2'))
+        self.assertEqual(configuration.write_granularity, 2)
+        for value in ('3', '30'):
+            with self.assertRaises(ConfigurationError) as caught:
+                config.configure(self.settings(
+                    timeout='3', write_granularity=value))
+            self.assertTrue(str(caught.exception).startswith(
+                'session.write_granularity: %s is not less than '
+                'session.timeout (3)' % value), caught.exception)
+
     def test_data_dir_required_without_var_directory(self):
         self.assertRejected('session.data_dir', {'session.secret': SECRET})
 

@@ -6,6 +6,7 @@ sessions outlive a restart on every store that keeps them outside Zope.
 """
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -90,6 +91,20 @@ def test_a_write_through_one_instance_is_read_at_once_by_the_other(store):
             assert reader.get('/read', cookie)[2] == str(expected - 1)
             assert count(writer, cookie) == (str(expected), None)
             assert reader.get('/read', cookie)[2] == str(expected)
+
+
+@pytest.mark.parametrize('store', ['file', 'redis'], indirect=True)
+def test_a_session_only_read_outlives_a_timeout_shorter_than_30_s(store):
+    # Reads record the access once per write granularity (30 s by
+    # default): were it not shorter than the timeout, the session would
+    # end while a visitor reads it through one instance after the other.
+    settings = dict(store, **{'session.timeout': '3'})
+    with ZopeInstance(settings) as first, ZopeInstance(settings) as second:
+        started(first, second)
+        _, cookie = count(first)
+        for zope in (second, first) * 3:
+            time.sleep(1)
+            assert zope.get('/read', cookie)[::2] == (200, '1')
 
 
 @pytest.mark.parametrize(
