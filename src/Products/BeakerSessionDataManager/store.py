@@ -34,6 +34,8 @@ from .interfaces import ISessionStore
 from .interfaces import SessionValueError
 from .jsonvalues import SessionJsonSerializer
 from .jsonvalues import string_keys_error
+from .outages import describe
+from .outages import warning_log
 from .session import expired
 
 
@@ -354,11 +356,31 @@ class BeakerStore:
             return None
         try:
             record = self.decode(raw)
-        except Exception:
+        except Exception as exc:
+            self._undecodable(describe(exc))
             return None
-        if not isinstance(record, dict) or expired(record, self.timeout):
+        if not isinstance(record, dict):
+            self._undecodable('a %s, not a dict' % type(record).__name__)
+            return None
+        if expired(record, self.timeout):
             return None
         return record
+
+    def _undecodable(self, why):
+        """Say (once a minute) that a record could not be decoded: the
+        browser gets a new session on every request if another instance
+        sharing the store writes with other settings."""
+        warning_log.warn(
+            'undecodable',
+            'A session record in the %s cannot be decoded (%s) with this '
+            "instance's session.data_serializer (%s) and "
+            'session.encrypt_key (%s): its browser gets a new session. '
+            'Every Zope instance sharing the store needs the same '
+            'session.data_serializer, session.encrypt_key and '
+            'session.validate_key (a record of another application, or a '
+            'damaged one, reads so too)', self.name, why,
+            'json' if self._json else 'pickle',
+            'set' if self.encrypt_key else 'not set')
 
     @contextmanager
     def _locked(self, namespace):

@@ -1,8 +1,10 @@
 """Several Zope instances on one store, and restarts: runwsgi processes.
 
 Two instances with the same store and secret serve one visitor in turn;
-an instance with another secret does not accept that visitor's cookie;
-sessions outlive a restart on every store that keeps them outside Zope.
+an instance with another secret, serializer or key does not accept that
+visitor's session, and says so in its log; sessions outlive a restart on
+every store that keeps them outside Zope.  (test_balancer.py: more
+instances, browsers going round them.)
 """
 import shutil
 import threading
@@ -118,17 +120,54 @@ def test_sessions_survive_a_restart(store):
         assert count(zope, cookie) == ('2', None)
 
 
-@pytest.mark.parametrize('store', ['file'], indirect=True)
-def test_instance_with_another_secret_starts_a_new_session(store):
-    other = dict(store, **{'session.secret': new_secret()})
-    with ZopeInstance(store) as first, ZopeInstance(other) as second:
-        started(first, second)
-        first_body, cookie = count(first)
-        body, new_cookie = count(second, cookie)
-        assert body == '1'
-        assert new_cookie is not None and new_cookie != cookie
-        # The first instance's visitor still has its session.
-        assert count(first, cookie) == ('2', None)
+def cookie_store():
+    return {'session.type': 'cookie', 'session.validate_key': new_secret(),
+            'session.encrypt_key': new_secret()}, lambda: None
+
+
+# store, the options of the second instance, the option its log names
+MISMATCHES = {
+    'secret': ('file', {'session.secret': new_secret()}, 'session.secret'),
+    'serializer': ('redis', {'session.data_serializer': 'json'},
+                   'session.data_serializer'),
+    'encryption': ('postgresql', {'session.encrypt_key': new_secret(),
+                                  'session.validate_key': new_secret()},
+                   'session.encrypt_key'),
+    'cookie-validate-key': ('cookie', {'session.validate_key': new_secret()},
+                            'session.validate_key'),
+    'cookie-encrypt-key': ('cookie', {'session.encrypt_key': new_secret()},
+                           'session.encrypt_key'),
+}
+
+
+@pytest.mark.parametrize('mismatch', sorted(MISMATCHES))
+def test_instances_sharing_a_store_with_other_settings(mismatch):
+    # A visitor going from one instance to the other gets a new session,
+    # and each instance's log says why, once, naming the option.
+    store, options, named = MISMATCHES[mismatch]
+    settings, cleanup = (cookie_store() if store == 'cookie'
+                         else stores.make_store(store))
+    other = dict(settings, **options)
+    try:
+        with ZopeInstance(settings) as first, \
+                ZopeInstance(other) as second:
+            started(first, second)
+            body, cookie = count(first)
+            for zope in (second, first, second, first):
+                body, new_cookie = count(zope, cookie)
+                assert body == '1'
+                assert new_cookie is not None and new_cookie != cookie
+                cookie = new_cookie
+            # The first instance's visitors keep their sessions.
+            body, cookie = count(first)
+            assert count(first, cookie)[0] == '2'
+            for zope in (first, second):
+                log = zope.log('event.log')
+                assert log.count('WARNING') == 1 + ('collective.beaker' in log)
+                assert named in log, log
+                assert 'Traceback' not in log, log
+    finally:
+        cleanup()
 
 
 def test_unreachable_store_warns_at_start_up_and_gives_503():
