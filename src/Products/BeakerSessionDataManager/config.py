@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+from hashlib import pbkdf2_hmac
 
 from beaker.crypto import DEFAULT_NONCE_BITS
 from beaker.crypto import get_crypto_module
@@ -92,6 +93,12 @@ DEFAULTS = {
     'data_serializer': 'pickle',
     'write_granularity': WRITE_GRANULARITY,
 }
+
+# The options that decide how a cookie or a record is read: the same on
+# every instance sharing a store (README: Several instances on one store).
+SHARED_OPTIONS = ('type', 'key', 'secret', 'validate_key', 'encrypt_key',
+                  'encrypt_nonce_bits', 'data_serializer', 'timeout')
+DIGEST_ROUNDS = 100000
 
 _current = None
 
@@ -287,6 +294,17 @@ class SessionConfiguration:
                 return '%s session store at %s (session.%s)' % (
                     self.type, mask_url(where), option)
         return '%s session store' % self.type
+
+    def shared_digest(self):
+        """A digest of SHARED_OPTIONS, which every instance sharing the
+        store must have alike: compared between instances, it tells
+        whether they do without showing the keys.  A slow hash, so that it
+        cannot be used to guess them."""
+        values = repr([(name, self.options.get(name))
+                       for name in SHARED_OPTIONS])
+        return pbkdf2_hmac('sha256', values.encode('utf-8'),
+                           b'beaker-sessions shared settings',
+                           DIGEST_ROUNDS).hex()[:12]
 
     def describe(self):
         """The effective options, with secrets masked, for display."""

@@ -77,10 +77,14 @@ class WarningLog:
         self._lock = threading.Lock()
         self._next_report = {}
         self._unreported = {}
+        # Warnings of each kind since the process started, for the Status
+        # tab.
+        self.totals = {}
 
     def warn(self, kind, message, *args):
         now = self.clock()
         with self._lock:
+            self.totals[kind] = self.totals.get(kind, 0) + 1
             if now < self._next_report.get(kind, now):
                 self._unreported[kind] += 1
                 return

@@ -378,6 +378,23 @@ class ParseTests(unittest.TestCase):
                 'session.write_granularity: %s is not less than '
                 'session.timeout (3)' % value), caught.exception)
 
+    def test_shared_digest_tells_instances_that_read_sessions_alike(self):
+        def digest(**options):
+            return config.configure(self.settings(**options)).shared_digest()
+
+        first = digest()
+        self.assertRegex(first, r'\A[0-9a-f]{12}\Z')
+        self.assertNotIn(first, repr(config.get_configuration().options))
+        # Defaults given or not, and options that may differ.
+        self.assertEqual(digest(timeout='1200', data_serializer='pickle'),
+                         first)
+        self.assertEqual(digest(write_granularity='10',
+                                data_dir=self.tmp + '/other'), first)
+        others = [digest(secret=SECRET + 'x'), digest(timeout='600'),
+                  digest(data_serializer='json'), digest(key='other'),
+                  digest(encrypt_key=SECRET, validate_key=SECRET + 'y')]
+        self.assertEqual(len(set(others + [first])), 6, others)
+
     def test_data_dir_required_without_var_directory(self):
         self.assertRejected('session.data_dir', {'session.secret': SECRET})
 

@@ -6,6 +6,7 @@ visitor's session, and says so in its log; sessions outlive a restart on
 every store that keeps them outside Zope.  (test_balancer.py: more
 instances, browsers going round them.)
 """
+import re
 import shutil
 import threading
 import time
@@ -60,6 +61,12 @@ def started(first, *others):
         raise errors[0]
 
 
+def digest(zope):
+    """The shared settings digest in ``zope``'s start-up line."""
+    return re.search(r'shared settings digest ([0-9a-f]+)',
+                     zope.log('event.log')).group(1)
+
+
 def count(zope, cookie=None):
     """GET /count: ``(body, cookie sent back or None)``."""
     status, set_cookie, body = zope.get('/count', cookie)
@@ -77,6 +84,7 @@ def test_two_instances_share_sessions_that_survive_restarts(store):
         assert (body, cookie is not None) == ('1', True)
         assert count(second, cookie) == ('2', None)
         assert count(first, cookie) == ('3', None)
+        assert digest(first) == digest(second)
         second.restart()
         assert count(second, cookie) == ('4', None)
         assert count(first, cookie) == ('5', None)
@@ -166,6 +174,8 @@ def test_instances_sharing_a_store_with_other_settings(mismatch):
                 assert log.count('WARNING') == 1 + ('collective.beaker' in log)
                 assert named in log, log
                 assert 'Traceback' not in log, log
+            # What the administrator compares finds the difference.
+            assert digest(first) != digest(second)
     finally:
         cleanup()
 
