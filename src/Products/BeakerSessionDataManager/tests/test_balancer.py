@@ -48,6 +48,15 @@ SCRIPTS = (
         '''),
     python_script('regenerate', '''\
         return container.session_data_manager.regenerateSessionId()'''),
+    # Loads the session, works for a while (``n`` rounds), then writes.
+    python_script('slow', '''\
+        session = container.REQUEST.SESSION
+        session.get('count')
+        for i in range(int(n)):
+            pass
+        session['late'] = n
+        return 'slow'
+        ''', params='n'),
     python_script('invalidate', '''\
         container.REQUEST.SESSION.invalidate()
         return 'invalidated'
@@ -179,6 +188,46 @@ def test_round_robin_tabs_new_ids_and_invalidation(store):
         assert new_cookie[-32:] not in (session_id, new_id)
         for zope in zopes:
             assert 'Traceback' not in zope.log('event.log')
+    finally:
+        for zope in zopes:
+            zope.cleanup()
+
+
+@pytest.mark.parametrize('store', ['file', 'redis'], indirect=True)
+@pytest.mark.parametrize('action', ['regenerate', 'invalidate'])
+def test_an_id_ended_on_one_instance_stays_dead(store, action):
+    # A request of the browser that loaded the session on the second
+    # instance commits after a login (a new id) or a logout (invalidate)
+    # on the first: the old id, which an attacker may have planted, must
+    # not come back with what that request wrote.
+    zopes = serving(2, store)
+    try:
+        browser = Browser(zopes)
+        assert browser.get('/count', zopes[0])[:2] == (200, '1')
+        old_cookie = browser.cookie
+        started = time.monotonic()
+        assert browser.get('/slow?n=1000000', zopes[1])[:2] == (200, 'slow')
+        rounds = int(1000000 * 2 / max(time.monotonic() - started, 0.01))
+        finished = []
+
+        def slow():
+            tab = Browser(zopes, cookie=old_cookie)
+            finished.append(tab.get('/slow?n=%d' % rounds, zopes[1]))
+            finished.append(time.monotonic())
+
+        tab = threading.Thread(target=slow)
+        tab.start()
+        time.sleep(0.5)  # The tab has loaded the session.
+        assert browser.get('/' + action, zopes[0])[0] == 200
+        ended = time.monotonic()
+        tab.join(60)
+        assert finished[0][:2] == (200, 'slow')
+        assert finished[1] > ended, 'the slow request was not slow enough'
+        for zope in zopes:
+            assert Browser(zopes, cookie=old_cookie).show(zope) == 'none'
+        if action == 'regenerate':
+            assert browser.show(zopes[1]).startswith(
+                browser.cookie[-32:] + ' count')
     finally:
         for zope in zopes:
             zope.cleanup()
