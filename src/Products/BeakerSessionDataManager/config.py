@@ -300,8 +300,11 @@ class SessionConfiguration:
         store must have alike: compared between instances, it tells
         whether they do without showing the keys.  A slow hash, so that it
         cannot be used to guess them."""
-        values = repr([(name, self.options.get(name))
-                       for name in SHARED_OPTIONS])
+        values = [(name, self.options.get(name)) for name in SHARED_OPTIONS]
+        if self.type == 'ext:memcached':
+            # python-memcached places a key by the server's position.
+            values.append(('url', self.options.get('url')))
+        values = repr(values)
         return pbkdf2_hmac('sha256', values.encode('utf-8'),
                            b'beaker-sessions shared settings',
                            DIGEST_ROUNDS).hex()[:12]

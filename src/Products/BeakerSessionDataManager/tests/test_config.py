@@ -394,6 +394,12 @@ class ParseTests(unittest.TestCase):
                   digest(data_serializer='json'), digest(key='other'),
                   digest(encrypt_key=SECRET, validate_key=SECRET + 'y')]
         self.assertEqual(len(set(others + [first])), 6, others)
+        # A memcached pool in another order: another place for each key.
+        pool = ['127.0.0.1:11211', '127.0.0.1:11212']
+        memcached = [digest(type='ext:memcached', data_dir=None,
+                            url=';'.join(servers))
+                     for servers in (pool, pool[::-1])]
+        self.assertNotEqual(*memcached)
 
     def test_data_dir_required_without_var_directory(self):
         self.assertRejected('session.data_dir', {'session.secret': SECRET})

@@ -180,6 +180,20 @@ def test_instances_sharing_a_store_with_other_settings(mismatch):
         cleanup()
 
 
+def test_a_memcached_pool_listed_in_another_order():
+    # python-memcached places a key by the server's position: the second
+    # instance looks for the sessions on the other server.  No error can
+    # tell; the digests that the administrator compares do.
+    settings = stores.make_store('memcached_pool')[0]
+    pool = settings['session.url'].split(';')
+    other = dict(settings, **{'session.url': ';'.join(pool[::-1])})
+    with ZopeInstance(settings) as first, ZopeInstance(other) as second:
+        started(first, second)
+        _, cookie = count(first)
+        assert count(second, cookie)[0] == '1'
+        assert digest(first) != digest(second)
+
+
 def test_unreachable_store_warns_at_start_up_and_gives_503():
     url = 'redis://127.0.0.1:%d/0' % servers.free_port()
     settings = {'session.type': 'ext:redis', 'session.url': url,
