@@ -126,7 +126,8 @@ def wrongly_signed(option, done='signed'):
         'A session cookie was %s with another key than this instance\'s '
         '%s: its browser gets a new session. Every Zope instance sharing '
         'the sessions needs the same %s (a cookie from before the key was '
-        'changed, or a forged one, reads so too)', done, option, option)
+        'changed, one of another application that uses the same cookie '
+        'name, or a forged one, reads so too)', done, option, option)
 
 
 def cookie_life_days(expires):
