@@ -115,6 +115,12 @@ def test_a_session_only_read_outlives_a_timeout_shorter_than_30_s(store):
         for zope in (second, first) * 3:
             time.sleep(1)
             assert zope.get('/read', cookie)[::2] == (200, '1')
+        # Unused for longer than the timeout: ended on both.
+        time.sleep(4)
+        status, new_cookie, _ = second.get('/read', cookie)
+        assert status == 204  # None, in a new session
+        assert new_cookie.split(';')[0] != cookie
+        assert count(first, cookie)[0] == '1'
 
 
 @pytest.mark.parametrize(
