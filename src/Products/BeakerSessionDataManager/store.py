@@ -10,6 +10,7 @@ import io
 import os
 import pickle
 import threading
+import time
 from binascii import a2b_base64
 from binascii import b2a_base64
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from .jsonvalues import SessionJsonSerializer
 from .jsonvalues import string_keys_error
 from .outages import describe
 from .outages import warning_log
+from .session import ACCESSED
 from .session import expired
 
 
@@ -45,6 +47,9 @@ FILE_LOCKED = (FileNamespaceManager, DBMNamespaceManager)
 # Let a store keep an expired record a little longer than the timeout so
 # that a request straddling the deadline still finds it, as Beaker does.
 TTL_MARGIN = 120
+# Seconds a record's last access may lie ahead of this process's clock
+# before a warning says that the clocks of the instances differ.
+CLOCK_SKEW = 5
 # Writers of one session that may come first in a row before a
 # compare-and-set gives up.
 MAX_ATTEMPTS = 50
@@ -362,8 +367,19 @@ class BeakerStore:
         if not isinstance(record, dict):
             self._undecodable('a %s, not a dict' % type(record).__name__)
             return None
-        if expired(record, self.timeout):
+        now = time.time()
+        if expired(record, self.timeout, now):
             return None
+        accessed = record.get(ACCESSED)
+        if isinstance(accessed, float) and accessed > now + CLOCK_SKEW:
+            warning_log.warn(
+                'clock',
+                'A session record in the %s was last accessed %d seconds '
+                "ahead of this instance's clock: another Zope instance "
+                'sharing the store has a clock ahead of this one, and '
+                'sessions end early, or at once where the clocks differ by '
+                'more than session.timeout. Keep the clocks of all of them '
+                'in sync (NTP)', self.name, accessed - now)
         return record
 
     def _undecodable(self, why):

@@ -200,6 +200,34 @@ def test_a_memcached_pool_listed_in_another_order():
         assert digest(first) != digest(second)
 
 
+# Puts the clock of the process it is loaded in a minute ahead.
+CLOCK_AHEAD = """
+import time
+_time = time.time
+time.time = lambda: _time() + 60
+"""
+
+
+@pytest.mark.parametrize('store', ['redis'], indirect=True)
+def test_an_instance_whose_clock_is_ahead(store, tmp_path, monkeypatch):
+    # Beyond the timeout, each instance takes the other's sessions for
+    # expired; the one whose clock is behind says why.
+    (tmp_path / 'sitecustomize.py').write_text(CLOCK_AHEAD)
+    settings = dict(store, **{'session.timeout': '10'})
+    with ZopeInstance(settings) as behind, ZopeInstance(settings) as ahead:
+        behind.setup(BEAKER_SESSION_DATA_MANAGER, COUNTER_SCRIPT)
+        shutil.copyfile(behind.var('Data.fs'), ahead.var('Data.fs'))
+        behind.start()
+        monkeypatch.setenv('PYTHONPATH', str(tmp_path))
+        ahead.start()
+        monkeypatch.undo()
+        _, cookie = count(ahead)
+        body, new_cookie = count(behind, cookie)
+        assert (body, new_cookie is None) == ('2', True)
+        assert count(ahead, cookie)[0] == '1'  # Expired by its clock.
+        assert 'ahead of this instance\'s clock' in behind.log('event.log')
+
+
 def test_unreachable_store_warns_at_start_up_and_gives_503():
     url = 'redis://127.0.0.1:%d/0' % servers.free_port()
     settings = {'session.type': 'ext:redis', 'session.url': url,
