@@ -240,6 +240,7 @@ class SessionDataManagerZMI:
                 'session.' + name for name in config.SHARED_OPTIONS),
             'foreign_cookies': warning_log.totals.get('signature', 0),
             'undecodable_records': warning_log.totals.get('undecodable', 0),
+            'records_ahead': warning_log.totals.get('clock', 0),
         }
 
     #
