@@ -30,8 +30,9 @@ def initialize(context):
         logger.info('No <product-config beaker> in zope.conf: Beaker '
                     'sessions work only under Beaker\'s SessionMiddleware.')
     else:
-        logger.info('Beaker sessions: %s store (%s)', configuration.type,
-                    configuration.store.name)
+        logger.info('Beaker sessions: %s store (%s); shared settings '
+                    'digest %s', configuration.type, configuration.store.name,
+                    configuration.shared_digest())
     warn_about_collective_beaker()
 
 

@@ -22,6 +22,8 @@ from Products.Sessions.interfaces import BrowserIdManagerErr
 from Products.Sessions.interfaces import IBrowserIdManager
 from zope.interface import implementer
 
+from .outages import warning_log
+
 
 SESSION_ID = re.compile(r'[0-9a-f]{32}\Z').match
 SIGNATURE_LENGTH = 40
@@ -91,6 +93,7 @@ class SessionCookie:
         # compare_digest refuses str with non-ASCII characters.
         if not signature.isascii() or not hmac.compare_digest(
                 signature, self._signature(session_id)):
+            wrongly_signed('session.secret')
             return None
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
@@ -111,6 +114,20 @@ class SessionCookie:
         if self.domain:
             params['domain'] = self.domain
         response.expireCookie(self.name, **params)
+
+
+def wrongly_signed(option, done='signed'):
+    """Say (once a minute) that a session cookie of the right form was
+    ``done`` with another key than ``option``: instances sharing a store
+    with different keys make every browser that goes from one to the other
+    start a new session on each request."""
+    warning_log.warn(
+        'signature',
+        'A session cookie was %s with another key than this instance\'s '
+        '%s: its browser gets a new session. Every Zope instance sharing '
+        'the sessions needs the same %s (a cookie from before the key was '
+        'changed, one of another application that uses the same cookie '
+        'name, or a forged one, reads so too)', done, option, option)
 
 
 def cookie_life_days(expires):

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+from hashlib import pbkdf2_hmac
 
 from beaker.crypto import DEFAULT_NONCE_BITS
 from beaker.crypto import get_crypto_module
@@ -91,6 +92,12 @@ DEFAULTS = {
     'write_granularity': WRITE_GRANULARITY,
 }
 
+# The options that decide how a cookie or a record is read: the same on
+# every instance sharing a store (README: Several instances on one store).
+SHARED_OPTIONS = ('type', 'key', 'secret', 'validate_key', 'encrypt_key',
+                  'encrypt_nonce_bits', 'data_serializer', 'timeout')
+DIGEST_ROUNDS = 100000
+
 _current = None
 
 
@@ -116,7 +123,9 @@ class SessionConfiguration:
                                         if name != 'cookie')))
         check_option_names(self.type, self.given)
         self.timeout = options['timeout'] or None
-        self.write_granularity = options['write_granularity']
+        self.write_granularity = options['write_granularity'] = \
+            write_granularity(options['write_granularity'], self.timeout,
+                              'write_granularity' in self.given)
         if self.type == 'cookie':
             # The client-side store: no session.secret, no server store.
             self.cookie = self._make_session_cookie()
@@ -283,6 +292,20 @@ class SessionConfiguration:
                     self.type, mask_url(where), option)
         return '%s session store' % self.type
 
+    def shared_digest(self):
+        """A digest of SHARED_OPTIONS, which every instance sharing the
+        store must have alike: compared between instances, it tells
+        whether they do without showing the keys.  A slow hash, so that it
+        cannot be used to guess them."""
+        values = [(name, self.options.get(name)) for name in SHARED_OPTIONS]
+        if self.type == 'ext:memcached':
+            # python-memcached places a key by the server's position.
+            values.append(('url', self.options.get('url')))
+        values = repr(values)
+        return pbkdf2_hmac('sha256', values.encode('utf-8'),
+                           b'beaker-sessions shared settings',
+                           DIGEST_ROUNDS).hex()[:12]
+
     def source_of(self, name):
         """Where option ``name`` (no prefix) came from: ``source`` or
         'default'."""
@@ -445,6 +468,27 @@ def nonce_bits(options):
             'session.encrypt_nonce_bits: must be a multiple of 8, not %d.'
             % bits)
     return bits
+
+
+def write_granularity(granularity, timeout, given):
+    """The write granularity to use with ``timeout``.
+
+    A request that only reads records the access once per granularity, so
+    a session that is only read ends up to that much before ``timeout``
+    after its last use: one at least as long as the timeout ends sessions
+    in use, on every instance that reads them.  The default is at most
+    half the timeout; a given one must be shorter than it.
+    """
+    if not timeout or granularity < timeout / 2:
+        return granularity
+    if given and granularity >= timeout:
+        raise ConfigurationError(
+            'session.write_granularity: %d is not less than session.timeout '
+            '(%d): a session that is only read would expire while in use; '
+            'make it less than the timeout, or remove it (the default is '
+            '%d seconds, or half the timeout if that is shorter).'
+            % (granularity, timeout, WRITE_GRANULARITY))
+    return granularity if given else timeout // 2
 
 
 def aes_module(options, user):

@@ -15,6 +15,7 @@ out as a Set-Cookie header of its own.
 """
 import hmac
 import os
+import re
 
 from beaker import crypto
 from beaker._compat import b64decode
@@ -28,6 +29,7 @@ from ZPublisher.cookie import getCookieParamPolicy
 from .browserid import SESSION_ID
 from .browserid import SIGNATURE_LENGTH
 from .browserid import SessionCookie
+from .browserid import wrongly_signed
 from .interfaces import ISessionStore
 from .interfaces import SessionTooLargeError
 from .interfaces import SessionValueError
@@ -44,6 +46,8 @@ MAX_COOKIE_SIZE = 4096
 ID = '_id'
 # Where a request keeps its cookie stores.
 REQUEST_KEY = '_beaker_cookie_stores'
+# The signature a cookie of Beaker's format begins with.
+HEX_SIGNATURE = re.compile(r'[0-9a-f]{%d}\Z' % SIGNATURE_LENGTH).match
 
 
 class SessionRecordCookie(SessionCookie):
@@ -97,13 +101,20 @@ class SessionRecordCookie(SessionCookie):
             payload = value[SIGNATURE_LENGTH:]
             if not hmac.compare_digest(value[:SIGNATURE_LENGTH],
                                        self._signature(payload)):
+                if HEX_SIGNATURE(value[:SIGNATURE_LENGTH]):
+                    wrongly_signed('session.validate_key')
                 return None
+        except Exception:
+            return None
+        try:
             # Signed with our key: only now is it worth decrypting.
             nonce = payload[:self.nonce_b64length]
             record = self.serializer.loads(self.crypto.aesDecrypt(
                 b64decode(payload[self.nonce_b64length:]),
                 self._cipher_key(nonce)))
         except Exception:
+            # Whoever signed it had our validate_key.
+            wrongly_signed('session.encrypt_key', 'encrypted')
             return None
         if isinstance(record, dict) and isinstance(record.get(ID), str) \
                 and SESSION_ID(record[ID]):

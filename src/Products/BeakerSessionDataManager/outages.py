@@ -63,6 +63,42 @@ class OutageLog:
                     if unreported else '')
 
 
+class WarningLog:
+    """A warning of each kind once per interval, not once per request.
+
+    For what a request cannot tell from an attack or an old cookie, but an
+    administrator should hear of (instances sharing a store with different
+    settings): every request of every browser would repeat it.
+    """
+
+    def __init__(self, interval=INTERVAL, clock=time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._next_report = {}
+        self._unreported = {}
+        # Warnings of each kind since the process started, for the Status
+        # tab.
+        self.totals = {}
+
+    def warn(self, kind, message, *args):
+        now = self.clock()
+        with self._lock:
+            self.totals[kind] = self.totals.get(kind, 0) + 1
+            if now < self._next_report.get(kind, now):
+                self._unreported[kind] += 1
+                return
+            unreported = self._unreported.get(kind, 0)
+            self._next_report[kind] = now + self.interval
+            self._unreported[kind] = 0
+        logger.warning(
+            message + (' (%d more since the last message; the next comes in '
+                       '%d seconds at the earliest)' % (
+                           unreported, self.interval) if unreported else
+                       ' (further ones are counted, not logged, for %d '
+                       'seconds)' % self.interval), *args)
+
+
 def describe(exc, limit=300):
     """The exception's type and the first line of its message: SQL
     drivers append the statement and its parameters (session data)."""
@@ -72,3 +108,4 @@ def describe(exc, limit=300):
 
 
 outage_log = OutageLog()
+warning_log = WarningLog()

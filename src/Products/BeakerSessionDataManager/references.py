@@ -4,9 +4,11 @@ Stock sessions live in a ZODB: a content object put in a session stays
 that object, and a later request finds its current state.  Pickled by
 value, it would be a detached copy of the object and of everything
 persistent under it (or fail, wrapped in acquisition).  So the session's
-pickles name an object that a ZODB already holds by its database and
-oid, and loading them looks it up in the request's ZODB connection.
-Objects not yet in a ZODB are pickled whole, as before.
+pickles name an object that a ZODB already holds by its database, oid
+and class, and loading them looks it up in the request's ZODB connection.
+Objects not yet in a ZODB are pickled whole, as before.  The class guards
+against instances with ZODBs of their own sharing a store: the oid of an
+object of one may be another object in the other's.
 
 Where no connection is at hand (the console scripts), and for an object
 the connection cannot find (gone since, after a pack; a database this
@@ -18,6 +20,7 @@ import marshal
 import pickle
 from contextvars import ContextVar
 
+from Acquisition import aq_base
 from persistent import Persistent
 
 
@@ -55,9 +58,14 @@ class ZODBReference:
         return hash(self.reference)
 
     def __repr__(self):
-        database_name, oid = self.reference
+        database_name, oid = self.reference[:2]
         return '<ZODBReference %s:0x%x>' % (
             database_name, int.from_bytes(oid, 'big'))
+
+
+def class_name(obj):
+    cls = aq_base(obj).__class__
+    return '%s.%s' % (cls.__module__, cls.__qualname__)
 
 
 class ReferencePickler(pickle.Pickler):
@@ -67,7 +75,7 @@ class ReferencePickler(pickle.Pickler):
         if isinstance(obj, Persistent):
             jar = obj._p_jar
             if jar is not None:
-                return (jar.db().database_name, obj._p_oid)
+                return (jar.db().database_name, obj._p_oid, class_name(obj))
         elif type(obj) is ZODBReference:
             return obj.reference
         return None
@@ -78,11 +86,17 @@ class ReferenceUnpickler(pickle.Unpickler):
     def persistent_load(self, reference):
         connection = _connection.get()
         if connection is not None:
-            database_name, oid = reference
+            database_name, oid = reference[:2]
             try:
-                return connection.get_connection(database_name).get(oid)
+                obj = connection.get_connection(database_name).get(oid)
             except KeyError:  # POSKeyError, or no such database
                 pass
+            else:
+                # Not another object of a ZODB that is not the one the
+                # reference was made in (its class is known without
+                # loading it).
+                if reference[2:] in ((), (class_name(obj),)):
+                    return obj
         return ZODBReference(reference)
 
 

@@ -19,6 +19,7 @@ import time
 from . import config
 from .cleanup import Cleanup
 from .cleanup import layout_for
+from .config import SHARED_OPTIONS
 from .interfaces import ConfigurationError
 from .status import check_store
 from .status import last_cleanup
@@ -298,6 +299,10 @@ def run_check(arguments):
     print('Configuration from %s: valid (session.type %s, session.timeout '
           '%s).' % (configuration.source, configuration.type,
                     configuration.timeout or '0: never expire'))
+    print('Shared settings digest %s: the same on every Zope instance that '
+          'shares the sessions, or their settings of %s differ.' % (
+              configuration.shared_digest(), ', '.join(
+                  'session.' + name for name in SHARED_OPTIONS)))
     if configuration.type == 'cookie':
         print('OK: the sessions live in the browsers\' cookies; there is no '
               'store on the server to check.')

@@ -69,13 +69,13 @@ def fingerprint(value):
         return None
 
 
-def expired(record, timeout):
+def expired(record, timeout, now=None):
     """Whether ``record`` was last accessed more than ``timeout`` seconds
-    ago (never, without a timeout)."""
+    before ``now`` (never, without a timeout)."""
     accessed = record.get(ACCESSED)
     if not timeout or not isinstance(accessed, (int, float)):
         return False
-    return time.time() - accessed > timeout
+    return (time.time() if now is None else now) - accessed > timeout
 
 
 def is_marked(key):
@@ -256,8 +256,14 @@ class BeakerSessionData(Implicit):
                 or self._deleted or self._cleared or self._invalid)
 
     def _apply_to(self, record, now):
-        """Return ``record`` (latest stored state) with our changes."""
+        """Return ``record`` (latest stored state) with our changes, or
+        None: the session is to be deleted, or is already gone."""
         if self._invalid:
+            return None
+        if record is None and not self._is_new:
+            # Ended since this request loaded it (invalidated or renamed at
+            # a login by another request, or expired): its id must not
+            # come back with this request's changes.
             return None
         if record is None or self._is_new:
             record = {CREATED: self._created}

@@ -10,6 +10,7 @@ import io
 import os
 import pickle
 import threading
+import time
 from binascii import a2b_base64
 from binascii import b2a_base64
 from contextlib import contextmanager
@@ -33,6 +34,9 @@ from .interfaces import ISessionStore
 from .interfaces import SessionValueError
 from .jsonvalues import SessionJsonSerializer
 from .jsonvalues import string_keys_error
+from .outages import describe
+from .outages import warning_log
+from .session import ACCESSED
 from .session import expired
 
 
@@ -42,6 +46,9 @@ FILE_LOCKED = (FileNamespaceManager, DBMNamespaceManager)
 # Let a store keep an expired record a little longer than the timeout so
 # that a request straddling the deadline still finds it, as Beaker does.
 TTL_MARGIN = 120
+# Seconds a record's last access may lie ahead of this process's clock
+# before a warning says that the clocks of the instances differ.
+CLOCK_SKEW = 5
 # Writers of one session that may come first in a row before a
 # compare-and-set gives up.
 MAX_ATTEMPTS = 50
@@ -352,11 +359,42 @@ class BeakerStore:
             return None
         try:
             record = self.decode(raw)
-        except Exception:
+        except Exception as exc:
+            self._undecodable(describe(exc))
             return None
-        if not isinstance(record, dict) or expired(record, self.timeout):
+        if not isinstance(record, dict):
+            self._undecodable('a %s, not a dict' % type(record).__name__)
             return None
+        now = time.time()
+        if expired(record, self.timeout, now):
+            return None
+        accessed = record.get(ACCESSED)
+        if isinstance(accessed, float) and accessed > now + CLOCK_SKEW:
+            warning_log.warn(
+                'clock',
+                'A session record in the %s was last accessed %d seconds '
+                "ahead of this instance's clock: another Zope instance "
+                'sharing the store has a clock ahead of this one, and '
+                'sessions end early, or at once where the clocks differ by '
+                'more than session.timeout. Keep the clocks of all of them '
+                'in sync (NTP)', self.name, accessed - now)
         return record
+
+    def _undecodable(self, why):
+        """Say (once a minute) that a record could not be decoded: the
+        browser gets a new session on every request if another instance
+        sharing the store writes with other settings."""
+        warning_log.warn(
+            'undecodable',
+            'A session record in the %s cannot be decoded (%s) with this '
+            "instance's session.data_serializer (%s) and "
+            'session.encrypt_key (%s): its browser gets a new session. '
+            'Every Zope instance sharing the store needs the same '
+            'session.data_serializer, session.encrypt_key and '
+            'session.validate_key (a record of another application, or a '
+            'damaged one, reads so too)', self.name, why,
+            'json' if self._json else 'pickle',
+            'set' if self.encrypt_key else 'not set')
 
     @contextmanager
     def _locked(self, namespace):

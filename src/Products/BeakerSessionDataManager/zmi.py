@@ -23,6 +23,7 @@ from .cleanup import layout_for
 from .interfaces import ConfigurationError
 from .interfaces import SessionDataManagerErr
 from .outages import describe
+from .outages import warning_log
 from .permissions import change_session_data_managers
 from .store import MiddlewareStore
 
@@ -234,6 +235,12 @@ class SessionDataManagerZMI:
             'round_trip_ms': result.round_trip_ms,
             'session_count': result.session_count,
             'last_cleanup': cleanup,
+            'shared_digest': configuration.shared_digest(),
+            'shared_options': ', '.join(
+                'session.' + name for name in config.SHARED_OPTIONS),
+            'foreign_cookies': warning_log.totals.get('signature', 0),
+            'undecodable_records': warning_log.totals.get('undecodable', 0),
+            'records_ahead': warning_log.totals.get('clock', 0),
         }
 
     #

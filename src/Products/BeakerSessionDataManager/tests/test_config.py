@@ -385,6 +385,50 @@ class ParseTests(unittest.TestCase):
         self.assertRejected('session.secret', self.settings(secret='s3cr3t'))
         self.assertRejected('session.secret', self.settings(secret='x' * 40))
 
+    def test_write_granularity_is_shorter_than_the_timeout(self):
+        # A session only read records its access once per granularity: one
+        # as long as the timeout would end sessions in use.
+        granularity = {
+            timeout: config.configure(self.settings(
+                timeout=timeout)).write_granularity
+            for timeout in ('0', '1', '3', '60', '61', '1200')}
+        self.assertEqual(granularity,
+                         {'0': 30, '1': 0, '3': 1, '60': 30, '61': 30,
+                          '1200': 30})
+        configuration = config.configure(self.settings(
+            timeout='3', write_granularity='2'))
+        self.assertEqual(configuration.write_granularity, 2)
+        for value in ('3', '30'):
+            with self.assertRaises(ConfigurationError) as caught:
+                config.configure(self.settings(
+                    timeout='3', write_granularity=value))
+            self.assertTrue(str(caught.exception).startswith(
+                'session.write_granularity: %s is not less than '
+                'session.timeout (3)' % value), caught.exception)
+
+    def test_shared_digest_tells_instances_that_read_sessions_alike(self):
+        def digest(**options):
+            return config.configure(self.settings(**options)).shared_digest()
+
+        first = digest()
+        self.assertRegex(first, r'\A[0-9a-f]{12}\Z')
+        self.assertNotIn(first, repr(config.get_configuration().options))
+        # Defaults given or not, and options that may differ.
+        self.assertEqual(digest(timeout='1200', data_serializer='pickle'),
+                         first)
+        self.assertEqual(digest(write_granularity='10',
+                                data_dir=self.tmp + '/other'), first)
+        others = [digest(secret=SECRET + 'x'), digest(timeout='600'),
+                  digest(data_serializer='json'), digest(key='other'),
+                  digest(encrypt_key=SECRET, validate_key=SECRET + 'y')]
+        self.assertEqual(len(set(others + [first])), 6, others)
+        # A memcached pool in another order: another place for each key.
+        pool = ['127.0.0.1:11211', '127.0.0.1:11212']
+        memcached = [digest(type='ext:memcached', data_dir=None,
+                            url=';'.join(servers))
+                     for servers in (pool, pool[::-1])]
+        self.assertNotEqual(*memcached)
+
     def test_data_dir_required_without_var_directory(self):
         self.assertRejected('session.data_dir', {'session.secret': SECRET})
 

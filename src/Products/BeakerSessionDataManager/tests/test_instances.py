@@ -1,11 +1,15 @@
 """Several Zope instances on one store, and restarts: runwsgi processes.
 
 Two instances with the same store and secret serve one visitor in turn;
-an instance with another secret does not accept that visitor's cookie;
-sessions outlive a restart on every store that keeps them outside Zope.
+an instance with another secret, serializer or key does not accept that
+visitor's session, and says so in its log; sessions outlive a restart on
+every store that keeps them outside Zope.  (test_balancer.py: more
+instances, browsers going round them.)
 """
+import re
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -57,6 +61,12 @@ def started(first, *others):
         raise errors[0]
 
 
+def digest(zope):
+    """The shared settings digest in ``zope``'s start-up line."""
+    return re.search(r'shared settings digest ([0-9a-f]+)',
+                     zope.log('event.log')).group(1)
+
+
 def count(zope, cookie=None):
     """GET /count: ``(body, cookie sent back or None)``."""
     status, set_cookie, body = zope.get('/count', cookie)
@@ -74,6 +84,7 @@ def test_two_instances_share_sessions_that_survive_restarts(store):
         assert (body, cookie is not None) == ('1', True)
         assert count(second, cookie) == ('2', None)
         assert count(first, cookie) == ('3', None)
+        assert digest(first) == digest(second)
         second.restart()
         assert count(second, cookie) == ('4', None)
         assert count(first, cookie) == ('5', None)
@@ -92,6 +103,26 @@ def test_a_write_through_one_instance_is_read_at_once_by_the_other(store):
             assert reader.get('/read', cookie)[2] == str(expected)
 
 
+@pytest.mark.parametrize('store', ['file', 'redis'], indirect=True)
+def test_a_session_only_read_outlives_a_timeout_shorter_than_30_s(store):
+    # Reads record the access once per write granularity (30 s by
+    # default): were it not shorter than the timeout, the session would
+    # end while a visitor reads it through one instance after the other.
+    settings = dict(store, **{'session.timeout': '3'})
+    with ZopeInstance(settings) as first, ZopeInstance(settings) as second:
+        started(first, second)
+        _, cookie = count(first)
+        for zope in (second, first) * 3:
+            time.sleep(1)
+            assert zope.get('/read', cookie)[::2] == (200, '1')
+        # Unused for longer than the timeout: ended on both.
+        time.sleep(4)
+        status, new_cookie, _ = second.get('/read', cookie)
+        assert status == 204  # None, in a new session
+        assert new_cookie.split(';')[0] != cookie
+        assert count(first, cookie)[0] == '1'
+
+
 @pytest.mark.parametrize(
     'store', ['dbm', 'sqlite'], indirect=True)
 def test_sessions_survive_a_restart(store):
@@ -103,17 +134,98 @@ def test_sessions_survive_a_restart(store):
         assert count(zope, cookie) == ('2', None)
 
 
-@pytest.mark.parametrize('store', ['file'], indirect=True)
-def test_instance_with_another_secret_starts_a_new_session(store):
-    other = dict(store, **{'session.secret': new_secret()})
-    with ZopeInstance(store) as first, ZopeInstance(other) as second:
+def cookie_store():
+    return {'session.type': 'cookie', 'session.validate_key': new_secret(),
+            'session.encrypt_key': new_secret()}, lambda: None
+
+
+# store, the options of the second instance, the option its log names
+MISMATCHES = {
+    'secret': ('file', {'session.secret': new_secret()}, 'session.secret'),
+    'serializer': ('redis', {'session.data_serializer': 'json'},
+                   'session.data_serializer'),
+    'encryption': ('postgresql', {'session.encrypt_key': new_secret(),
+                                  'session.validate_key': new_secret()},
+                   'session.encrypt_key'),
+    'cookie-validate-key': ('cookie', {'session.validate_key': new_secret()},
+                            'session.validate_key'),
+    'cookie-encrypt-key': ('cookie', {'session.encrypt_key': new_secret()},
+                           'session.encrypt_key'),
+}
+
+
+@pytest.mark.parametrize('mismatch', sorted(MISMATCHES))
+def test_instances_sharing_a_store_with_other_settings(mismatch):
+    # A visitor going from one instance to the other gets a new session,
+    # and each instance's log says why, once, naming the option.
+    store, options, named = MISMATCHES[mismatch]
+    settings, cleanup = (cookie_store() if store == 'cookie'
+                         else stores.make_store(store))
+    other = dict(settings, **options)
+    try:
+        with ZopeInstance(settings) as first, \
+                ZopeInstance(other) as second:
+            started(first, second)
+            body, cookie = count(first)
+            for zope in (second, first, second, first):
+                body, new_cookie = count(zope, cookie)
+                assert body == '1'
+                assert new_cookie is not None and new_cookie != cookie
+                cookie = new_cookie
+            # The first instance's visitors keep their sessions.
+            body, cookie = count(first)
+            assert count(first, cookie)[0] == '2'
+            for zope in (first, second):
+                log = zope.log('event.log')
+                assert log.count('WARNING') == 1 + ('collective.beaker' in log)
+                assert named in log, log
+                assert 'Traceback' not in log, log
+            # What the administrator compares finds the difference.
+            assert digest(first) != digest(second)
+    finally:
+        cleanup()
+
+
+def test_a_memcached_pool_listed_in_another_order():
+    # python-memcached places a key by the server's position: the second
+    # instance looks for the sessions on the other server.  No error can
+    # tell; the digests that the administrator compares do.
+    settings = stores.make_store('memcached_pool')[0]
+    pool = settings['session.url'].split(';')
+    other = dict(settings, **{'session.url': ';'.join(pool[::-1])})
+    with ZopeInstance(settings) as first, ZopeInstance(other) as second:
         started(first, second)
-        first_body, cookie = count(first)
-        body, new_cookie = count(second, cookie)
-        assert body == '1'
-        assert new_cookie is not None and new_cookie != cookie
-        # The first instance's visitor still has its session.
-        assert count(first, cookie) == ('2', None)
+        _, cookie = count(first)
+        assert count(second, cookie)[0] == '1'
+        assert digest(first) != digest(second)
+
+
+# Puts the clock of the process it is loaded in a minute ahead.
+CLOCK_AHEAD = """
+import time
+_time = time.time
+time.time = lambda: _time() + 60
+"""
+
+
+@pytest.mark.parametrize('store', ['redis'], indirect=True)
+def test_an_instance_whose_clock_is_ahead(store, tmp_path, monkeypatch):
+    # Beyond the timeout, each instance takes the other's sessions for
+    # expired; the one whose clock is behind says why.
+    (tmp_path / 'sitecustomize.py').write_text(CLOCK_AHEAD)
+    settings = dict(store, **{'session.timeout': '10'})
+    with ZopeInstance(settings) as behind, ZopeInstance(settings) as ahead:
+        behind.setup(BEAKER_SESSION_DATA_MANAGER, COUNTER_SCRIPT)
+        shutil.copyfile(behind.var('Data.fs'), ahead.var('Data.fs'))
+        behind.start()
+        monkeypatch.setenv('PYTHONPATH', str(tmp_path))
+        ahead.start()
+        monkeypatch.undo()
+        _, cookie = count(ahead)
+        body, new_cookie = count(behind, cookie)
+        assert (body, new_cookie is None) == ('2', True)
+        assert count(ahead, cookie)[0] == '1'  # Expired by its clock.
+        assert 'ahead of this instance\'s clock' in behind.log('event.log')
 
 
 def test_unreachable_store_warns_at_start_up_and_gives_503():

@@ -26,6 +26,7 @@ from Products.BeakerSessionDataManager import redisclient
 from Products.BeakerSessionDataManager import status
 from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.outages import OutageLog
+from Products.BeakerSessionDataManager.outages import WarningLog
 from Products.BeakerSessionDataManager.redisstore import KEY
 from Products.BeakerSessionDataManager.tests import instance
 from Products.BeakerSessionDataManager.tests import servers
@@ -397,6 +398,30 @@ def load_or_error(store, seconds):
     reading.join(seconds)
     assert len(outcome) == 1, 'still waiting after %s s' % seconds
     return outcome[0]
+
+
+class WarningLogTests(unittest.TestCase):
+    """One warning line per kind and interval; the others are counted."""
+
+    def test_one_warning_per_interval_and_kind(self):
+        now = [1000.0]
+        log = WarningLog(interval=60, clock=lambda: now[0])
+        with self.assertLogs('Products.BeakerSessionDataManager') as logged:
+            for _ in range(100):
+                log.warn('signature', 'A cookie is signed with %s', 'X')
+                now[0] += 0.5
+            log.warn('undecodable', 'A record')
+            now[0] += 11
+            log.warn('signature', 'A cookie is signed with %s', 'Y')
+        messages = [record.getMessage() for record in logged.records]
+        self.assertEqual([record.levelname for record in logged.records],
+                         ['WARNING'] * 3)
+        self.assertEqual(messages[0], 'A cookie is signed with X (further '
+                         'ones are counted, not logged, for 60 seconds)')
+        self.assertTrue(messages[1].startswith('A record ('), messages[1])
+        self.assertEqual(messages[2], 'A cookie is signed with Y (99 more '
+                         'since the last message; the next comes in 60 '
+                         'seconds at the earliest)')
 
 
 def test_a_postgresql_that_never_answers(secret, monkeypatch):

@@ -129,6 +129,11 @@ def test_check(call, instance):
         % data_dir in result.stdout
     assert ', 0 stored sessions' in result.stdout
     assert 'never been cleaned up' in result.stdout
+    digest = config.SessionConfiguration({
+        'session.secret': SECRET, 'session.data_dir': str(data_dir),
+    }).shared_digest()
+    assert 'Shared settings digest %s: the same on every Zope instance' \
+        % digest in result.stdout
     assert not os.path.exists(instance / 'var' / 'Data.fs')
 
     assert call('cleanup', '-C', path).returncode == 0

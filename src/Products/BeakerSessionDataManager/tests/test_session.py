@@ -10,6 +10,7 @@ from beaker.container import FileNamespaceManager
 
 import transaction
 from OFS.Folder import Folder
+from persistent.mapping import PersistentMapping
 from ZODB import DB
 from ZODB.utils import p64
 
@@ -415,6 +416,24 @@ class ZODBObjectTests(SessionTestCase):
         self.assertEqual(repr(reference), '<ZODBReference unnamed:0x1>')
         self.assertEqual(references.loads(references.dumps(reference)),
                          reference)
+
+    def test_another_object_under_the_oid_is_not_handed_out(self):
+        # Instances with ZODBs of their own share the store: the oid of
+        # the shelf is another object (of another class) in the other's.
+        session = self.session()
+        session['shelf'] = self.shelf
+        transaction.commit()
+        other_db = DB(None)
+        self.addCleanup(other_db.close)
+        other = other_db.open()
+        self.addCleanup(other.close)
+        other.root()['not the shelf'] = PersistentMapping()
+        transaction.commit()
+        self.assertEqual(other.root()['not the shelf']._p_oid,
+                         self.shelf._p_oid)
+        self.connection = other
+        found = self.session()['shelf']
+        self.assertEqual(repr(found), '<ZODBReference unnamed:0x1>')
 
     def test_an_object_that_cannot_be_found(self):
         session = self.session()

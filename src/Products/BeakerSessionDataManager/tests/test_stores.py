@@ -236,7 +236,7 @@ return data is None and 'None' or repr(data.keys())
 
     def test_a_late_write_does_not_bring_an_expired_session_back(self):
         # A request loaded the session just before it expired and writes
-        # one key after: the merge starts from an empty record.
+        # one key after: the session stays ended, its id unknown.
         session_id = new_id()
         self.store.merge(session_id, lambda record: {
             '_creation_time': time.time(), '_accessed_time': time.time(),
@@ -246,9 +246,38 @@ return data is None and 'None' or repr(data.keys())
         session['kept'] = 3
         self.age(session_id, self.configuration.timeout + 5)
         transaction.commit()
-        record = self.store.load(session_id)
-        self.assertEqual(record['kept'], 3)
-        self.assertNotIn('old', record)
+        self.assertIsNone(self.store.load(session_id))
+
+    def test_an_access_ahead_of_the_clock_is_reported(self):
+        # Written by an instance whose clock is a minute ahead: the reader
+        # says so (its sessions would end early, or at once).
+        from Products.BeakerSessionDataManager.outages import warning_log
+        self.addCleanup(setattr, warning_log, '_next_report', {})
+        warning_log._next_report = {}
+        session_id = new_id()
+        ahead = time.time() + 60
+        self.store.merge(session_id, lambda record: {
+            '_creation_time': ahead, '_accessed_time': ahead, 'kept': 1})
+        with self.assertLogs('Products.BeakerSessionDataManager',
+                             'WARNING') as logged:
+            self.assertEqual(self.store.load(session_id)['kept'], 1)
+        [message] = [record.getMessage() for record in logged.records]
+        self.assertRegex(message, "was last accessed 5[0-9] seconds ahead "
+                         "of this instance's clock")
+
+    def test_a_late_write_does_not_bring_a_deleted_session_back(self):
+        # Another request (a logout, a login) ended the session while this
+        # one, which had loaded it, was running: its id stays dead.
+        session_id = new_id()
+        self.store.merge(session_id, lambda record: {
+            '_creation_time': time.time(), '_accessed_time': time.time(),
+            'old': 1})
+        session = BeakerSessionData(session_id, self.store.load(session_id),
+                                    store=self.store)
+        session['late'] = 2
+        self.store.delete(session_id)
+        transaction.commit()
+        self.assertIsNone(self.store.load(session_id))
 
     def test_beaker_reads_our_records(self):
         """What we write, Beaker's own Session reads, and vice versa."""

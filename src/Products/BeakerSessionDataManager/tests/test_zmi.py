@@ -386,6 +386,21 @@ class StatusTabTests(TabsTestCase):
         browser().get('/counter')
         self.assertIn('Stored sessions %d ' % (count + 1), self.status()[1])
 
+    def test_shared_digest_and_sessions_refused(self):
+        # What tells an administrator that instances sharing the store have
+        # other keys or serializers.
+        from Products.BeakerSessionDataManager.outages import warning_log
+        self.addCleanup(setattr, warning_log, 'totals', warning_log.totals)
+        warning_log.totals = {'signature': 3, 'clock': 2}
+        digest = config.get_configuration().shared_digest()
+        text = ' '.join(self.status()[1].split())
+        self.assertIn('Shared settings digest %s The same on every Zope '
+                      'instance' % digest, text)
+        self.assertIn('Sessions refused since start-up 3 cookies signed or '
+                      'encrypted with another key, 0 records', text)
+        self.assertIn('Sessions last accessed ahead of this clock 2 since '
+                      'start-up', text)
+
     def test_unreachable_store_shows_the_error(self):
         port = free_port()  # nobody listens there
         self.configure({
