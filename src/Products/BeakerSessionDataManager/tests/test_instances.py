@@ -177,7 +177,12 @@ def test_instances_sharing_a_store_with_other_settings(mismatch):
             assert count(first, cookie)[0] == '2'
             for zope in (first, second):
                 log = zope.log('event.log')
-                assert log.count('WARNING') == 1 + ('collective.beaker' in log)
+                # Ours only: on a loaded machine waitress warns of its
+                # queue ("Task queue depth is 1").
+                warnings = [line for line in log.splitlines() if re.search(
+                    r'WARNING \[Products\.BeakerSessionDataManager', line)]
+                assert len(warnings) == 1 + (
+                    'collective.beaker' in log), warnings
                 assert named in log, log
                 assert 'Traceback' not in log, log
             # What the administrator compares finds the difference.
