@@ -17,8 +17,9 @@ logger = logging.getLogger('Products.BeakerSessionDataManager')
 INTERVAL = 60
 
 
-class OutageLog:
-    """Per store: when the next error may be logged, failures not logged."""
+class ThrottledLog:
+    """Per kind of line: when the next may be logged, and how many were
+    not logged since the last."""
 
     def __init__(self, interval=INTERVAL, clock=time.monotonic):
         self.interval = interval
@@ -26,19 +27,34 @@ class OutageLog:
         self._lock = threading.Lock()
         self._next_report = {}
         self._unreported = {}
+
+    def _due(self, kind):
+        """How many lines of ``kind`` went unlogged if this one is to be
+        logged, else None (counted).  Called with ``_lock`` held."""
+        now = self.clock()
+        if now < self._next_report.get(kind, now):
+            self._unreported[kind] += 1
+            return None
+        unreported = self._unreported.get(kind, 0)
+        self._next_report[kind] = now + self.interval
+        self._unreported[kind] = 0
+        return unreported
+
+
+class OutageLog(ThrottledLog):
+    """Per store: an error line per interval, and one when it is back."""
+
+    def __init__(self, interval=INTERVAL, clock=time.monotonic):
+        super().__init__(interval, clock)
         self._down = set()
 
     def failed(self, store_name, action, exc):
         """The store ``store_name`` could not ``action`` (read, write)."""
-        now = self.clock()
         with self._lock:
             self._down.add(store_name)
-            if now < self._next_report.get(store_name, now):
-                self._unreported[store_name] += 1
-                return
-            unreported = self._unreported.get(store_name, 0)
-            self._next_report[store_name] = now + self.interval
-            self._unreported[store_name] = 0
+            unreported = self._due(store_name)
+        if unreported is None:
+            return
         logger.error(
             'Session store unavailable: could not %s the %s: %s%s',
             action, store_name, describe(exc),
@@ -63,7 +79,7 @@ class OutageLog:
                     if unreported else '')
 
 
-class WarningLog:
+class WarningLog(ThrottledLog):
     """A warning of each kind once per interval, not once per request.
 
     For what a request cannot tell from an attack or an old cookie, but an
@@ -72,25 +88,17 @@ class WarningLog:
     """
 
     def __init__(self, interval=INTERVAL, clock=time.monotonic):
-        self.interval = interval
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._next_report = {}
-        self._unreported = {}
+        super().__init__(interval, clock)
         # Warnings of each kind since the process started, for the Status
         # tab.
         self.totals = {}
 
     def warn(self, kind, message, *args):
-        now = self.clock()
         with self._lock:
             self.totals[kind] = self.totals.get(kind, 0) + 1
-            if now < self._next_report.get(kind, now):
-                self._unreported[kind] += 1
-                return
-            unreported = self._unreported.get(kind, 0)
-            self._next_report[kind] = now + self.interval
-            self._unreported[kind] = 0
+            unreported = self._due(kind)
+        if unreported is None:
+            return
         logger.warning(
             message + (' (%d more since the last message; the next comes in '
                        '%d seconds at the earliest)' % (
