@@ -351,23 +351,36 @@ class RedisClusterTTLTests(RedisTTL, PublishingTestCase):
         return RedisCluster.from_url(urls.split(',')[0])
 
 
-class FileCutShortTests(PublishingTestCase):
-    """A session file that a crash cut short in the middle of a write."""
+class CutShort:
+    """A file of a session that a crash cut short in the middle of a
+    write: its browser gets a new session, and keeps it."""
 
-    layer = stores.LAYERS['file']
-
-    def test_its_browser_gets_a_new_session_and_keeps_it(self):
+    def cut_short(self):
+        """The browser and the id of its session, whose file ``path()``
+        is cut in half."""
         StoreTests.addCounter(self)
         browser = self.browser()
         self.get(browser, '/count')
         count, session_id = self.get(browser, '/count').split()
         self.assertEqual(count, '2')
-        path = self.layer['beaker_configuration'].store.path(session_id)
+        path = self.path(session_id)
         os.truncate(path, os.path.getsize(path) // 2)
         count, new_id = self.get(browser, '/count').split()
         self.assertEqual(count, '1')
         self.assertNotEqual(new_id, session_id)
         self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+        return session_id
+
+
+class FileCutShortTests(CutShort, PublishingTestCase):
+
+    layer = stores.LAYERS['file']
+
+    def path(self, session_id):
+        return self.layer['beaker_configuration'].store.path(session_id)
+
+    def test_its_browser_gets_a_new_session_and_keeps_it(self):
+        self.cut_short()
 
 
 class ConflictWhileReadingTests(PublishingTestCase):
@@ -427,27 +440,22 @@ class FileLockKeptTests(PublishingTestCase):
                          ['2', session_id])
 
 
-class DbmIndexCutShortTests(PublishingTestCase):
+class DbmIndexCutShortTests(CutShort, PublishingTestCase):
     """A dbm.dumb index (``.dir``) that a crash cut short: Beaker fails on
     it for good, which was a 503 on every request of the session."""
 
     layer = stores.LAYERS['dbm']
 
-    def test_its_browser_gets_a_new_session_and_keeps_it(self):
-        StoreTests.addCounter(self)
-        browser = self.browser()
-        self.get(browser, '/count')
-        count, session_id = self.get(browser, '/count').split()
-        self.assertEqual(count, '2')
+    def path(self, session_id):
         store = self.layer['beaker_configuration'].store
         index = store._namespace(session_id).file + '.dir'
         if not os.path.exists(index):
             self.skipTest('the dbm module is not dbm.dumb')
-        os.truncate(index, os.path.getsize(index) // 2)
-        count, new_id = self.get(browser, '/count').split()
-        self.assertEqual(count, '1')
-        self.assertNotEqual(new_id, session_id)
-        self.assertEqual(self.get(browser, '/count').split(), ['2', new_id])
+        return index
+
+    def test_its_browser_gets_a_new_session_and_keeps_it(self):
+        session_id = self.cut_short()
+        store = self.layer['beaker_configuration'].store
         # A write of the damaged session makes its file afresh.
         self.assertIsNone(store.load(session_id))
         with self.assertLogs(LOGGER, logging.WARNING) as logged:
