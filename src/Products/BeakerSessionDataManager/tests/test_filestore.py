@@ -233,12 +233,11 @@ class LockTests(FilesTestCase):
         path = self.store.path(self.session_id)
         os.close(self.holding(path, blocking=False))
 
-    def test_a_file_of_another_user_is_replaced(self):
-        # Its directory is shared, its file is not ours to write: 0644,
-        # or for root, written by another account.
-        path = self.store.path(self.session_id)
-        os.chmod(path, 0o444)
-        code = textwrap.dedent('''\
+    def as_another_user(self, code):
+        """Run ``code`` with ``store`` and ``session_id`` (ours) in a
+        process of its own, as user nobody if we are root, with the
+        directories and the lock file open to it; its output."""
+        setup = textwrap.dedent('''\
             import os, sys
             from beaker.cache import clsmap
             from Products.BeakerSessionDataManager.filestore import FileStore
@@ -247,47 +246,39 @@ class LockTests(FilesTestCase):
                 os.setuid(65534)
             store = FileStore(clsmap['file'], {'lock_dir': sys.argv[1]},
                               data_dir=sys.argv[2])
-            store.merge(sys.argv[3], lambda record: dict(record, n=2))
+            session_id = sys.argv[3]
             ''')
         for root, directories, _ in os.walk(self.tmp):
             for name in directories:
                 os.chmod(os.path.join(root, name), 0o777)
         os.chmod(self.tmp, 0o777)
         os.chmod(self.store.lock_path(self.session_id), 0o666)
-        subprocess.run(
-            [sys.executable, '-c', code, self.tmp + '/lock',
-             self.tmp + '/data', self.session_id], check=True)
+        return subprocess.run(
+            [sys.executable, '-c', setup + code, self.tmp + '/lock',
+             self.tmp + '/data', self.session_id], check=True,
+            capture_output=True, text=True).stdout
+
+    def test_a_file_of_another_user_is_replaced(self):
+        # Its directory is shared, its file is not ours to write: 0644,
+        # or for root, written by another account.
+        path = self.store.path(self.session_id)
+        os.chmod(path, 0o444)
+        self.as_another_user(
+            "store.merge(session_id, lambda record: dict(record, n=2))")
         self.assertEqual(self.store.load(self.session_id), {'n': 2})
 
     def test_a_file_this_user_cannot_read_is_an_error(self):
         # Not an empty session, which a write would then fail to replace:
         # Zope answers 503 (SessionStoreError) and logs why.
         os.chmod(self.store.path(self.session_id), 0o600)
-        code = textwrap.dedent('''\
-            import os, sys
-            from beaker.cache import clsmap
-            from Products.BeakerSessionDataManager.filestore import FileStore
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            store = FileStore(clsmap['file'], {'lock_dir': sys.argv[1]},
-                              data_dir=sys.argv[2])
+        output = self.as_another_user(textwrap.dedent('''\
             for operation in (store.load, store.delete):
                 try:
-                    operation(sys.argv[3])
+                    operation(session_id)
                 except PermissionError:
                     print('PermissionError')
-            ''')
-        for root, directories, _ in os.walk(self.tmp):
-            for name in directories:
-                os.chmod(os.path.join(root, name), 0o777)
-        os.chmod(self.tmp, 0o777)
-        os.chmod(self.store.lock_path(self.session_id), 0o666)
-        process = subprocess.run(
-            [sys.executable, '-c', code, self.tmp + '/lock',
-             self.tmp + '/data', self.session_id], check=True,
-            capture_output=True, text=True)
-        self.assertEqual(process.stdout.split(), ['PermissionError'] * 2)
+            '''))
+        self.assertEqual(output.split(), ['PermissionError'] * 2)
         self.assertEqual(self.store.load(self.session_id)['n'], 1)
 
 
