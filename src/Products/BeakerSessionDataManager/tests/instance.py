@@ -69,6 +69,17 @@ COUNTER_SCRIPT = python_script('count', '''\
     return session['count']
     ''')
 
+# Reads the session, works a little (the window in which another request
+# commits), then writes its own key.
+WRITE_SCRIPT = python_script('write', '''\
+    session = container.REQUEST.SESSION
+    seen = len(session.keys())
+    for i in range(2000):
+        pass
+    session[key] = seen
+    return 'ok'
+    ''', params='key')
+
 
 def new_secret():
     return secrets.token_urlsafe(36)

@@ -20,6 +20,7 @@ from Products.BeakerSessionDataManager.tests.instance import \
     BEAKER_SESSION_DATA_MANAGER
 from Products.BeakerSessionDataManager.tests.instance import BIN
 from Products.BeakerSessionDataManager.tests.instance import COUNTER_SCRIPT
+from Products.BeakerSessionDataManager.tests.instance import WRITE_SCRIPT
 from Products.BeakerSessionDataManager.tests.instance import ZopeInstance
 from Products.BeakerSessionDataManager.tests.instance import python_script
 
@@ -29,14 +30,7 @@ COOKIE = 'beaker.session.id'
 SCRIPTS = (
     BEAKER_SESSION_DATA_MANAGER,
     COUNTER_SCRIPT,
-    python_script('write', '''\
-        session = container.REQUEST.SESSION
-        seen = len(session.keys())
-        for i in range(2000):
-            pass
-        session[key] = seen
-        return 'ok'
-        ''', params='key'),
+    WRITE_SCRIPT,
     python_script('show', '''\
         manager = container.session_data_manager
         if not manager.hasSessionData():

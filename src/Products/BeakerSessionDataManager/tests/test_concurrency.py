@@ -22,6 +22,7 @@ from Products.BeakerSessionDataManager.tests import instance
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests.instance import \
     BEAKER_SESSION_DATA_MANAGER
+from Products.BeakerSessionDataManager.tests.instance import WRITE_SCRIPT
 from Products.BeakerSessionDataManager.tests.instance import ZopeInstance
 from Products.BeakerSessionDataManager.tests.instance import python_script
 
@@ -30,16 +31,6 @@ SERVER_THREADS = 8
 CLIENTS = 16
 REQUESTS_PER_CLIENT = 20
 
-# Reads the session, works a little (the window in which another request
-# commits), then writes its own key.
-WRITE_SCRIPT = python_script('write', '''\
-    session = container.REQUEST.SESSION
-    seen = len(session.keys())
-    for i in range(2000):
-        pass
-    session[key] = seen
-    return 'ok'
-    ''', params='key')
 KEYS_SCRIPT = python_script('show_keys', '''\
     keys = container.REQUEST.SESSION.keys()
     keys.sort()
