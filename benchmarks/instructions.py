@@ -112,9 +112,11 @@ def count(args):
     bench.find_counters()
     with bench.Servers([args.store]) as servers:
         # No access-time write in the middle of the reads: one in 100
-        # requests would make the counts move from one run to the next.
+        # requests would make the counts move from one run to the next
+        # (the granularity must be shorter than the timeout).
         target = bench.Target(args.store, 1, servers, {
-            'session.write_granularity': str(24 * 3600)})
+            'session.write_granularity': str(24 * 3600),
+            'session.timeout': str(2 * 24 * 3600)})
         try:
             target.instance.setup(zope_instance.BEAKER_SESSION_DATA_MANAGER,
                                   *overhead.step_scripts(STEPS))

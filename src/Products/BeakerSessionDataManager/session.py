@@ -69,13 +69,13 @@ def fingerprint(value):
         return None
 
 
-def expired(record, timeout, now=None):
+def expired(record, timeout):
     """Whether ``record`` was last accessed more than ``timeout`` seconds
-    before ``now`` (never, without a timeout)."""
+    ago (never, without a timeout)."""
     accessed = record.get(ACCESSED)
     if not timeout or not isinstance(accessed, (int, float)):
         return False
-    return (time.time() if now is None else now) - accessed > timeout
+    return time.time() - accessed > timeout
 
 
 def is_marked(key):

@@ -37,7 +37,6 @@ from .jsonvalues import string_keys_error
 from .outages import describe
 from .outages import warning_log
 from .session import ACCESSED
-from .session import expired
 
 
 RECORD_KEY = 'session'
@@ -354,7 +353,8 @@ class BeakerStore:
     def _live_record(self, raw):
         """The record stored as ``raw``, or None: if there is none, if it
         cannot be read (Beaker's ``invalidate_corrupt``, always on) and if
-        it expired (``session.timeout``)."""
+        it expired (``session.timeout``).  A last access ahead of this
+        process's clock is logged (the clocks of instances differ)."""
         if not raw:
             return None
         try:
@@ -365,11 +365,13 @@ class BeakerStore:
         if not isinstance(record, dict):
             self._undecodable('a %s, not a dict' % type(record).__name__)
             return None
-        now = time.time()
-        if expired(record, self.timeout, now):
-            return None
         accessed = record.get(ACCESSED)
-        if isinstance(accessed, float) and accessed > now + CLOCK_SKEW:
+        if not isinstance(accessed, (int, float)):
+            return record  # Never expires.
+        now = time.time()
+        if self.timeout and now - accessed > self.timeout:
+            return None
+        if accessed > now + CLOCK_SKEW:
             warning_log.warn(
                 'clock',
                 'A session record in the %s was last accessed %d seconds '
