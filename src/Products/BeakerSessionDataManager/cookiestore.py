@@ -35,7 +35,7 @@ from .interfaces import SessionTooLargeError
 from .interfaces import SessionValueError
 from .jsonvalues import SessionJsonSerializer
 from .jsonvalues import dumps
-from .jsonvalues import string_keys_error
+from .jsonvalues import json_change_error
 from .session import INTERNAL_KEYS
 from .session import expired
 
@@ -218,11 +218,10 @@ class RequestCookieStore:
         self.merge(session_id, lambda record: None)
 
     def _header(self, record):
-        problem = string_keys_error(record)
+        problem = json_change_error(record)
         if problem is not None:
             raise SessionValueError(
-                'The session cannot be stored in its cookie: %s (it would '
-                'come back as a string).' % problem)
+                'The session cannot be stored in its cookie: %s.' % problem)
         try:
             header = self.cookie.header(self.cookie.encode(record))
         except (TypeError, ValueError) as exc:

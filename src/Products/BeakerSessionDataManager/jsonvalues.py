@@ -8,8 +8,8 @@ as bytes, so that without them no user could be managed in the ZMI).  A
 bytes value is written as ``{"__bytes__": "<base64>"}`` and read back as
 bytes.
 
-JSON keeps string keys only: ``string_keys_error`` tells, before a record
-is encoded, which key would silently come back as a string.
+``json_change_error`` tells, before a record is encoded, what JSON would
+silently change: a key that is not a string, a dict of the bytes' form.
 """
 import binascii
 import json
@@ -31,12 +31,18 @@ def _encode(value):
 
 
 def _decode(mapping):
+    data = _encoded_bytes(mapping)
+    return mapping if data is None else data
+
+
+def _encoded_bytes(mapping):
+    """The bytes ``mapping`` is the encoding of, or None."""
     if len(mapping) == 1 and isinstance(mapping.get(BYTES), str):
         try:
             return b64decode(mapping[BYTES], validate=True)
         except (binascii.Error, ValueError):
             pass
-    return mapping
+    return None
 
 
 def dumps(value):
@@ -44,28 +50,29 @@ def dumps(value):
     return json.dumps(value, default=_encode)
 
 
-def string_keys_error(record):
-    """Why JSON would change ``record``'s keys, or None.
+def json_change_error(record):
+    """Why JSON would not give ``record`` back as it is, or None.
 
     JSON keeps string keys only: ``json.dumps`` turns a number, a boolean
     or None used as a key into a string without a word, so that
     ``session[1]`` comes back as ``session['1']`` (and ``1`` and ``'1'``
-    become one key).  The session's own keys are checked, and those of the
-    dicts its values hold.
+    become one key).  And a dict that is just ``{"__bytes__": BASE64}``
+    would come back as the bytes it looks like.  The session's own keys
+    are checked, and the dicts its values hold.
     """
     for key, value in record.items():
         if type(key) is not str:
             return 'the key %r (%s) cannot be encoded as JSON, which keeps ' \
-                'string keys only' % (key, type(key).__name__)
+                'string keys only (it would come back as a string)' % (
+                    key, type(key).__name__)
         if type(value) not in SCALARS:
             try:
-                found = _json_nested_key(value)
+                problem = _nested_change(value)
             except RecursionError:
                 continue  # A cycle, which json.dumps reports, naming it.
-            if found is not None:
-                return 'the value of %r cannot be encoded as JSON: it holds ' \
-                    'a dict with the key %r (%s), and JSON keeps string ' \
-                    'keys only' % (key, found, type(found).__name__)
+            if problem is not None:
+                return 'the value of %r cannot be encoded as JSON: it ' \
+                    'holds %s' % (key, problem)
     return None
 
 
@@ -73,20 +80,25 @@ def string_keys_error(record):
 SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
-def _json_nested_key(value):
-    """The first key not a string in the dicts ``value`` holds, or None."""
+def _nested_change(value):
+    """What in the dicts ``value`` holds JSON would change, or None."""
     if isinstance(value, dict):
+        if _encoded_bytes(value) is not None:
+            return 'a dict {%r: base64}, the form bytes are written in ' \
+                '(it would come back as bytes)' % BYTES
         for key, item in value.items():
             if type(key) is not str:
-                return key
+                return 'a dict with the key %r (%s), and JSON keeps string ' \
+                    'keys only (it would come back as a string)' % (
+                        key, type(key).__name__)
             if type(item) not in SCALARS:
-                found = _json_nested_key(item)
+                found = _nested_change(item)
                 if found is not None:
                     return found
     elif isinstance(value, (list, tuple)):
         for item in value:
             if type(item) not in SCALARS:
-                found = _json_nested_key(item)
+                found = _nested_change(item)
                 if found is not None:
                     return found
     return None

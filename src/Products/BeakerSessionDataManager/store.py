@@ -33,7 +33,7 @@ from . import references
 from .interfaces import ISessionStore
 from .interfaces import SessionValueError
 from .jsonvalues import SessionJsonSerializer
-from .jsonvalues import string_keys_error
+from .jsonvalues import json_change_error
 from .outages import describe
 from .outages import warning_log
 from .session import ACCESSED
@@ -161,11 +161,10 @@ class BeakerStore:
 
     def encode(self, record):
         if self._json:
-            problem = string_keys_error(record)
+            problem = json_change_error(record)
             if problem is not None:
                 raise SessionValueError(
-                    'The session cannot be stored: %s (it would come back '
-                    'as a string).' % problem)
+                    'The session cannot be stored: %s.' % problem)
         try:
             data = self._dumps(record)
         except Exception as exc:

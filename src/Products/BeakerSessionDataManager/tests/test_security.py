@@ -149,6 +149,17 @@ class JsonSerializerTests(unittest.TestCase):
         self.store.merge('e' * 32, lambda stored: record)
         self.assertEqual(self.store.load('e' * 32), record)
 
+    def test_a_dict_in_the_form_of_bytes_fails_the_commit(self):
+        # It would come back as bytes.
+        self.store.merge('e' * 32, lambda stored: {'n': 1})
+        with self.assertRaises(SessionValueError) as caught:
+            self.store.merge('e' * 32, lambda stored: {
+                'payload': [{'__bytes__': 'aGk='}]})
+        self.assertIn("the value of 'payload' cannot be encoded as JSON: it "
+                      "holds a dict {'__bytes__': base64}",
+                      str(caught.exception))
+        self.assertEqual(self.store.load('e' * 32), {'n': 1})
+
     def test_other_values_fail_the_commit(self):
         with self.assertRaises(SessionValueError) as caught:
             self.store.merge('e' * 32, lambda stored: {'tags': {1, 2}})
