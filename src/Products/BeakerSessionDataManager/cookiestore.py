@@ -38,6 +38,7 @@ from .jsonvalues import dumps
 from .jsonvalues import json_change_error
 from .session import INTERNAL_KEYS
 from .session import expired
+from .session import largest_keys
 
 
 # Browsers keep cookies of at least 4096 bytes, name, value and attributes
@@ -236,7 +237,8 @@ class RequestCookieStore:
                 'keep at most %d per cookie. Store less in the session (the '
                 'largest values: %s), or use a server-side session.type.'
                 % (len(header), MAX_COOKIE_SIZE,
-                   ', '.join(map(repr, largest(record)))))
+                   ', '.join(map(repr, largest_keys(
+                       record, lambda key, value: len(dumps(value)))))))
         return header
 
     def _committed(self, committed):
@@ -267,10 +269,3 @@ def not_json(record):
         except (TypeError, ValueError):
             keys.append(key)
     return keys
-
-
-def largest(record, count=3):
-    """The keys of ``record`` whose values take the most room."""
-    sizes = sorted(((len(dumps(value)), key)
-                    for key, value in user_items(record)), reverse=True)
-    return [key for size, key in sizes[:count]]

@@ -65,42 +65,42 @@ def json_change_error(record):
             return 'the key %r (%s) cannot be encoded as JSON, which keeps ' \
                 'string keys only (it would come back as a string)' % (
                     key, type(key).__name__)
-        if type(value) not in SCALARS:
-            try:
-                problem = _nested_change(value)
-            except RecursionError:
-                continue  # A cycle, which json.dumps reports, naming it.
-            if problem is not None:
-                return 'the value of %r cannot be encoded as JSON: it ' \
-                    'holds %s' % (key, problem)
+        try:
+            problem = _nested_change(value)
+        except RecursionError:
+            continue  # A cycle, which json.dumps reports, naming it.
+        if problem is not None:
+            return 'the value of %r cannot be encoded as JSON: it holds %s' \
+                % (key, problem)
     return None
 
 
-# Values that hold no dict (the common case, looked up without a call).
+# Values that hold no dict.
 SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 def _nested_change(value):
     """What in the dicts ``value`` holds JSON would change, or None."""
+    if type(value) in SCALARS:
+        return None
     if isinstance(value, dict):
         if _encoded_bytes(value) is not None:
             return 'a dict {%r: base64}, the form bytes are written in ' \
                 '(it would come back as bytes)' % BYTES
-        for key, item in value.items():
+        for key in value:
             if type(key) is not str:
                 return 'a dict with the key %r (%s), and JSON keeps string ' \
                     'keys only (it would come back as a string)' % (
                         key, type(key).__name__)
-            if type(item) not in SCALARS:
-                found = _nested_change(item)
-                if found is not None:
-                    return found
+        items = value.values()
     elif isinstance(value, (list, tuple)):
-        for item in value:
-            if type(item) not in SCALARS:
-                found = _nested_change(item)
-                if found is not None:
-                    return found
+        items = value
+    else:
+        return None
+    for item in items:
+        found = _nested_change(item)
+        if found is not None:
+            return found
     return None
 
 

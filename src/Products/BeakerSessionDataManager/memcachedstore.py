@@ -16,7 +16,7 @@ import memcache
 from beaker.ext.memcached import MAX_KEY_LENGTH
 
 from .interfaces import SessionTooLargeError
-from .session import INTERNAL_KEYS
+from .session import largest_keys
 from .store import MAX_ATTEMPTS
 from .store import RECORD_KEY
 from .store import CompareAndSetStore
@@ -124,16 +124,15 @@ class MemcachedStore(CompareAndSetStore):
     def _too_large(self, record, raw):
         """A session python-memcached would not send: a bug to fix (500),
         not an outage (503), which its silent refusal looked like."""
-        sizes = sorted(((len(self._dumps({key: value})), key)
-                        for key, value in record.items()
-                        if key not in INTERNAL_KEYS), reverse=True)
+        largest = largest_keys(
+            record, lambda key, value: len(self._dumps({key: value})))
         return SessionTooLargeError(
             'The session does not fit in memcached: %d bytes, items hold '
             'at most %d (memcached -I, python-memcached\'s '
             'SERVER_MAX_VALUE_LENGTH). Store less in the session (the '
             'largest values: %s), or use another session.type.'
             % (len(raw), self.client.server_max_value_length,
-               ', '.join(repr(key) for _, key in sizes[:3])))
+               ', '.join(map(repr, largest))))
 
     def delete(self, session_id):
         """See ISessionStore."""

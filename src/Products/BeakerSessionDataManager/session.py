@@ -91,6 +91,14 @@ def stored_key(key):
     return key
 
 
+def largest_keys(record, size, count=3):
+    """The keys of ``record``'s user values that take the most room, as
+    ``size(key, value)`` measures it (for an error that must name them)."""
+    sizes = sorted(((size(key, value), key) for key, value in record.items()
+                    if key not in INTERNAL_KEYS), reverse=True)
+    return [key for _, key in sizes[:count]]
+
+
 def split_record(record):
     """Separate the user's data from Beaker's bookkeeping keys: returns
     (data, creation time, access time, modification time, browser id
