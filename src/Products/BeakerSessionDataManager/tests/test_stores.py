@@ -549,6 +549,10 @@ class RedisUnpicklable(UnpicklableData):
                   redis.RedisCluster.from_url(urls[0]))
         try:
             client.set('beaker_cache:%s:%s' % (session_id, RECORD_KEY), data)
+            # Wait, as this product's writers do (redisclient.Slot.sync),
+            # until Redis has told the caches: it may answer the write
+            # first.
+            client.ping()
         finally:
             client.close()
 
