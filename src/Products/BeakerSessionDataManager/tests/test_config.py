@@ -170,6 +170,12 @@ class ParseTests(unittest.TestCase):
             {'session.type': 'cookie', 'session.validate_key': SECRET,
              'session.encrypt_key': SECRET[::-1],
              'session.lock_dir': self.tmp})
+        self.assertMessage(
+            'session.client_cache_size: session.type cookie does not use '
+            'it, only ext:redis; remove it.',
+            {'session.type': 'cookie', 'session.validate_key': SECRET,
+             'session.encrypt_key': SECRET[::-1],
+             'session.client_cache_size': '10'})
 
     def test_options_of_each_store_are_accepted(self):
         lock_dir = os.path.join(self.tmp, 'lock')
