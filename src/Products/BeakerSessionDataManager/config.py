@@ -20,10 +20,10 @@ from beaker.util import coerce_session_params
 from .browserid import SessionCookie
 from .cookiestore import SessionRecordCookie
 from .interfaces import ConfigurationError
-from .namespaces import namespace_for
 from .outages import describe
 from .session import WRITE_GRANULARITY
 from .store import BeakerStore
+from .storeoptions import namespace_for
 
 
 logger = logging.getLogger('Products.BeakerSessionDataManager')

@@ -8,7 +8,7 @@ from unittest import mock
 from Products.Sessions.interfaces import SessionDataManagerErr
 
 from Products.BeakerSessionDataManager import config
-from Products.BeakerSessionDataManager import namespaces
+from Products.BeakerSessionDataManager import storeoptions
 from Products.BeakerSessionDataManager import zmi
 from Products.BeakerSessionDataManager.interfaces import ConfigurationError
 
@@ -345,8 +345,8 @@ class ParseTests(unittest.TestCase):
     def test_no_user_timeout_for_a_libpq_before_12(self):
         # It would refuse the option, and every connection with it.
         url = 'postgresql+psycopg2://zope@127.0.0.1/sessions'
-        self.assertGreaterEqual(namespaces.libpq_version('psycopg2'), 120000)
-        with mock.patch.object(namespaces, 'libpq_version',
+        self.assertGreaterEqual(storeoptions.libpq_version('psycopg2'), 120000)
+        with mock.patch.object(storeoptions, 'libpq_version',
                                return_value=110005):
             store = config.configure(self.settings(
                 type='ext:database', url=url)).store
