@@ -17,6 +17,7 @@ for such a value the writer only asks the transaction to call it before the
 commit, and joins then if the value did change.  A request that only reads
 a list commits without the two-phase commit of a data manager.
 """
+import logging
 import time
 
 import transaction
@@ -28,10 +29,11 @@ from zope.interface import implementer
 from .interfaces import SessionStoreError
 from .interfaces import SessionValueError
 from .outages import describe
-from .outages import logger
 from .outages import outage_log
 from .references import zodb_connection
 
+
+logger = logging.getLogger('Products.BeakerSessionDataManager')
 
 _missing = object()
 

@@ -15,6 +15,7 @@ sessions can still share the store, and replace the locking:
   an index a crash cut short is no session instead of an error;
 - file and dbm: records are unpickled as plain data only.
 """
+import logging
 import os
 from datetime import datetime
 from hashlib import sha256
@@ -28,11 +29,12 @@ from beaker.ext.sqla import make_cache_table
 from beaker.synchronization import null_synchronizer
 
 from .outages import describe
-from .outages import logger
 from .store import PlainUnpickler
 from .store import pickled_dict
 from .store import plain_loads
 
+
+logger = logging.getLogger('Products.BeakerSessionDataManager')
 
 # Seconds a merge waits for another writer of the same session.
 LOCK_WAIT = 10
