@@ -110,8 +110,9 @@ class FilesLayout:
         self.lock_dir = options.get('lock_dir') or os.path.join(
             data_dir, 'container_%s_lock' % kind)
         self.marker = os.path.join(data_dir or self.root, MARKER_FILE)
-        # What candidates() found, for sweep().
-        self._written = {}
+        # Session id: when its files were last written, as candidates()
+        # found them; sweep() keeps the locks of those it did not remove.
+        self._last_written = {}
         self._temp_files = []
 
     def count(self):
@@ -121,7 +122,7 @@ class FilesLayout:
     def candidates(self, cutoff):
         """How many sessions were last written before ``cutoff``, and
         their ids."""
-        written = self._written = {}
+        written = self._last_written = {}
         self._temp_files = []
         for entry in walk(self.root):
             match = SESSION_FILE(entry.name)
@@ -146,7 +147,7 @@ class FilesLayout:
         for path in self._temp_files:
             if self._older(path, cutoff):
                 count += dry_run or self._remove(path)
-        kept = {lock_name(session_id) for session_id in self._written
+        kept = {lock_name(session_id) for session_id in self._last_written
                 if session_id not in removed}
         for entry in walk(self.lock_dir):
             match = LOCK_FILE(entry.name)

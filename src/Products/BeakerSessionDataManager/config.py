@@ -20,10 +20,10 @@ from beaker.util import coerce_session_params
 from .browserid import SessionCookie
 from .cookiestore import SessionRecordCookie
 from .interfaces import ConfigurationError
-from .namespaces import namespace_for
 from .outages import describe
 from .session import WRITE_GRANULARITY
 from .store import BeakerStore
+from .storeoptions import namespace_for
 
 
 logger = logging.getLogger('Products.BeakerSessionDataManager')
@@ -57,21 +57,22 @@ SESSION_OPTIONS = frozenset([
     'samesite', 'data_serializer', 'encrypt_key', 'validate_key',
     'encrypt_nonce_bits', 'crypto_type', 'save_accessed_time',
     'invalidate_corrupt', 'auto', 'id', 'use_cookies', 'webtest_varname',
-    'log_file', 'write_granularity', 'client_cache_size',
+    'log_file', 'write_granularity',
 ])
 # The options each store takes besides SESSION_OPTIONS: those of its
 # Beaker namespace manager (beaker.container, beaker.ext) that zope.conf can
 # give (not digest_filenames, which the stores set, nor the ones that take
-# Python objects: dbmmodule, sa_opts, bind, table).  'sa.' stands for every
-# option of SQLAlchemy's engine; ext:rediscluster also takes redis-py's
-# connection options (cluster_option_names).
+# Python objects: dbmmodule, sa_opts, bind, table), and ext:redis's
+# client_cache_size, which only this product's Redis store takes.  'sa.'
+# stands for every option of SQLAlchemy's engine; ext:rediscluster also
+# takes redis-py's connection options (cluster_option_names).
 STORE_OPTIONS = {
     'cookie': (),
     'memory': (),
     'file': ('lock_dir', 'file_dir'),
     'dbm': ('lock_dir', 'dbm_dir'),
     'ext:memcached': ('url', 'lock_dir', 'memcache_module'),
-    'ext:redis': ('url',),
+    'ext:redis': ('url', 'client_cache_size'),
     'ext:rediscluster': ('url', 'urls'),
     'ext:database': ('url', 'lock_dir', 'table_name', 'schema_name', 'sa.'),
     'ext:sqla': ('url', 'lock_dir', 'table_name', 'schema_name', 'sa.'),
@@ -233,9 +234,12 @@ class SessionConfiguration:
 
     def _make_store(self):
         options = self.options
+        store_options = {name: value for name, value in options.items()
+                         if name not in SESSION_OPTIONS}
+        # The Redis store's own, not its namespace manager's.
+        cache_size = store_options.pop('client_cache_size', None)
         namespace_class, namespace_args = namespace_for(
-            self.type, {name: value for name, value in options.items()
-                        if name not in SESSION_OPTIONS})
+            self.type, store_options)
         if options.get('encrypt_key'):
             # Beaker derives the records' key from both keys, and without
             # an AES module it would silently not encrypt at all.
@@ -249,10 +253,9 @@ class SessionConfiguration:
             extra['encrypt_nonce_bits'] = nonce_bits(options)
         if self.type == 'ext:redis':
             # Beaker's records, read from a cache Redis keeps coherent.
-            from .redisstore import DEFAULT_CACHE_SIZE
             from .redisstore import RedisStore as store_class
-            extra['client_cache_size'] = options.get(
-                'client_cache_size', DEFAULT_CACHE_SIZE)
+            if cache_size is not None:
+                extra['client_cache_size'] = cache_size
         elif self.type == 'ext:rediscluster':
             # The same records, with the compare-and-set and no lock.
             from .redisstore import RedisClusterStore as store_class
@@ -265,10 +268,6 @@ class SessionConfiguration:
         elif self.type == 'file' and os.name == 'posix':
             # Beaker's files, read without a lock: they are replaced whole.
             from .filestore import FileStore as store_class
-        if self.type != 'ext:redis' and 'client_cache_size' in self.given:
-            raise ConfigurationError(
-                'session.client_cache_size: only session.type ext:redis '
-                'has a client cache, not %s.' % self.type)
         return store_class(
             namespace_class,
             namespace_args,

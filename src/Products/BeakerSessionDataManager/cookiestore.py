@@ -36,9 +36,9 @@ from .interfaces import SessionValueError
 from .jsonvalues import SessionJsonSerializer
 from .jsonvalues import dumps
 from .jsonvalues import json_change_error
-from .session import INTERNAL_KEYS
 from .session import expired
 from .session import largest_keys
+from .session import refused_keys
 
 
 # Browsers keep cookies of at least 4096 bytes, name, value and attributes
@@ -230,7 +230,7 @@ class RequestCookieStore:
                 'The session cannot be stored in its cookie: the cookie '
                 'store keeps JSON values only (str, int, float, bool, None, '
                 'list, dict) and bytes; not %s: %s'
-                % (', '.join(map(repr, not_json(record))), exc))
+                % (', '.join(map(repr, refused_keys(record, dumps))), exc))
         if len(header) > MAX_COOKIE_SIZE:
             raise SessionTooLargeError(
                 'The session does not fit in its cookie: %d bytes, browsers '
@@ -253,19 +253,3 @@ class RequestCookieStore:
             headers.remove(self._sent)
         self._sent = ('Set-Cookie', header or self.cookie.expired_header())
         self.response.addHeader(*self._sent)
-
-
-def user_items(record):
-    return [(key, value) for key, value in record.items()
-            if key not in INTERNAL_KEYS]
-
-
-def not_json(record):
-    """The keys of ``record`` whose values JSON cannot hold."""
-    keys = []
-    for key, value in user_items(record):
-        try:
-            dumps({key: value})
-        except (TypeError, ValueError):
-            keys.append(key)
-    return keys

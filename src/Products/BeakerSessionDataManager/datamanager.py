@@ -17,6 +17,7 @@ for such a value the writer only asks the transaction to call it before the
 commit, and joins then if the value did change.  A request that only reads
 a list commits without the two-phase commit of a data manager.
 """
+import logging
 import time
 
 import transaction
@@ -28,12 +29,15 @@ from zope.interface import implementer
 from .interfaces import SessionStoreError
 from .interfaces import SessionValueError
 from .outages import describe
-from .outages import logger
 from .outages import outage_log
 from .references import zodb_connection
 
 
+logger = logging.getLogger('Products.BeakerSessionDataManager')
+
 _missing = object()
+# SessionWriter._stored_record until a vote has written the session.
+_not_stored = object()
 
 
 @implementer(IDataManager)
@@ -47,7 +51,9 @@ class SessionWriter:
         self.transaction_manager = transaction_manager
         self._transaction = None
         self._watched = None
-        self._written = None
+        # What this transaction's vote wrote to the store: the record, or
+        # None where it deleted the session.
+        self._stored_record = _not_stored
         # (record before, record after) of this transaction's write.
         self._wrote = None
 
@@ -83,7 +89,7 @@ class SessionWriter:
         self._transaction = None
 
     def tpc_begin(self, txn):
-        self._written = self._wrote = None
+        self._stored_record, self._wrote = _not_stored, None
 
     def commit(self, txn):
         pass
@@ -105,7 +111,7 @@ class SessionWriter:
 
         try:
             with zodb_connection(session._zodb_connection):
-                self._written = self.store.merge(
+                self._stored_record = self.store.merge(
                     session.getContainerKey(), apply)
         except (ConflictError, SessionValueError):
             raise
@@ -115,20 +121,19 @@ class SessionWriter:
                 'The session could not be saved to the %s: %s'
                 % (self.store.name, describe(exc))) from exc
         outage_log.succeeded(self.store.name)
-        self._written = self._written or {}
 
     def tpc_finish(self, txn):
-        if self._written is not None:
-            self.session._stored(self._written or None)
-        self._written = self._wrote = None
+        if self._stored_record is not _not_stored:
+            self.session._stored(self._stored_record)
+        self._stored_record, self._wrote = _not_stored, None
         self._transaction = None
 
     def tpc_abort(self, txn):
-        if self._written is not None:
+        if self._stored_record is not _not_stored:
             # We voted and wrote; a data manager voting after us failed.
             self._undo()
         self.session._rollback()
-        self._written = self._wrote = None
+        self._stored_record, self._wrote = _not_stored, None
         self._transaction = None
 
     def _undo(self):

@@ -91,6 +91,20 @@ def stored_key(key):
     return key
 
 
+def refused_keys(record, dumps):
+    """The keys of ``record``'s user values that ``dumps`` (a serializer)
+    refuses, each tried on its own (for an error that must name them)."""
+    keys = []
+    for key, value in record.items():
+        if key in INTERNAL_KEYS:
+            continue
+        try:
+            dumps({key: value})
+        except Exception:
+            keys.append(key)
+    return keys
+
+
 def largest_keys(record, size, count=3):
     """The keys of ``record``'s user values that take the most room, as
     ``size(key, value)`` measures it (for an error that must name them)."""

@@ -6,6 +6,9 @@ under a fresh session id, timing the round trip, and counts the stored
 sessions where the store can count them cheaply.
 ``last_cleanup(configuration)`` tells when ``beaker-sessions cleanup`` last
 ran against the store.
+
+Only what ``store_errors`` lists counts as the store failing, and is shown
+as such; any other exception is a bug, and is raised.
 """
 import secrets
 import time
@@ -15,7 +18,10 @@ from beaker.container import MemoryNamespaceManager
 
 from .browserid import SESSION_ID
 from .cleanup import layout_for
+from .namespaces import LockTimeout
+from .outages import describe
 from .redisclient import Connection
+from .redisclient import ReplyError
 from .session import ACCESSED
 from .session import CREATED
 from .store import RECORD_KEY
@@ -35,6 +41,8 @@ class StoreStatus:
         self.error = None
         self.round_trip_ms = None
         self.session_count = None
+        # Why the store did not count its sessions, if it failed to.
+        self.count_error = None
 
     def verdict(self):
         """One line for people: 'OK: ...' or 'FAILED: ...'."""
@@ -44,6 +52,8 @@ class StoreStatus:
             self.store_name, self.round_trip_ms)
         if self.session_count is not None:
             line += ', %d stored sessions' % self.session_count
+        elif self.count_error is not None:
+            line += ', sessions not counted: %s' % self.count_error
         return line
 
 
@@ -51,10 +61,31 @@ class ProbeError(Exception):
     """The store accepted the probe but did not give it back right."""
 
 
+def store_errors(configuration):
+    """The exceptions by which the configured store says that it failed
+    (its server, disk, lock or access rights), not a bug of ours: OS and
+    socket errors (files, dbm, this product's Redis client, memcached),
+    Redis's error replies, a lock held too long, a probe given back wrong,
+    and the errors of redis-py or of SQLAlchemy and the database driver
+    where the store goes through them."""
+    errors = (OSError, ReplyError, LockTimeout, ProbeError)
+    if configuration.type == 'ext:rediscluster':
+        from redis.exceptions import RedisError
+        errors += (RedisError,)
+    elif configuration.type in ('ext:database', 'ext:sqla'):
+        import sqlalchemy as sa
+        url = sa.engine.make_url(configuration.store.namespace_args['url'])
+        # The store reads and writes on the driver's connections too.
+        errors += (sa.exc.SQLAlchemyError,
+                   url.get_dialect().import_dbapi().Error)
+    return errors
+
+
 def check_store(configuration):
     """Round-trip a probe record through the store; a StoreStatus."""
     store = configuration.store
     status = StoreStatus(store.name)
+    errors = store_errors(configuration)
     session_id = secrets.token_hex(16)
     token = secrets.token_hex(8)
     started = time.perf_counter()
@@ -72,15 +103,17 @@ def check_store(configuration):
         if store.removable:
             # Leave no empty file or row behind.
             store.remove_if(session_id, lambda record, written: True)
-    except Exception as exc:
+    except errors as exc:
         status.error = '%s: %s' % (type(exc).__name__, exc)
         return status
     status.round_trip_ms = (time.perf_counter() - started) * 1000
     status.ok = True
     try:
         status.session_count = count_sessions(configuration)
-    except Exception:
-        pass  # the count is a nicety; the verdict stands
+    except errors as exc:
+        # The count is a nicety: the verdict stands, and says why there is
+        # none (a Redis user may not SCAN, say).
+        status.count_error = describe(exc)
     return status
 
 
@@ -140,11 +173,10 @@ def count_redis_keys(scans):
 
 def last_cleanup(configuration):
     """When ``beaker-sessions cleanup`` last ran on this store (seconds
-    since the epoch), or None if never or not applicable."""
+    since the epoch), or None if never or not applicable.  An SQL store
+    that cannot be read raises its error (see store_errors): the time is
+    unknown, not never."""
     layout = layout_for(configuration)
     if layout is None:
         return None
-    try:
-        return layout.last_cleanup()
-    except Exception:
-        return None
+    return layout.last_cleanup()

@@ -37,6 +37,7 @@ from .jsonvalues import json_change_error
 from .outages import describe
 from .outages import warning_log
 from .session import ACCESSED
+from .session import refused_keys
 
 
 RECORD_KEY = 'session'
@@ -170,7 +171,7 @@ class BeakerStore:
         except Exception as exc:
             # A value the serializer cannot take is a bug to fix, not a
             # store outage (503).
-            keys = self._failing_keys(record)
+            keys = refused_keys(record, self._dumps)
             raise SessionValueError(
                 'The session cannot be stored: the value%s of %s cannot be '
                 '%s: %s: %s'
@@ -185,16 +186,6 @@ class BeakerStore:
         return nonce + b2a_base64(
             self.crypto_module.aesEncrypt(data, self._cipher_key(nonce)),
             newline=False).decode('ascii')
-
-    def _failing_keys(self, record):
-        """The keys of ``record`` whose values the serializer refuses."""
-        keys = []
-        for key, value in record.items():
-            try:
-                self._dumps({key: value})
-            except Exception:
-                keys.append(key)
-        return keys
 
     def decode(self, raw):
         if not self.encrypt_key:

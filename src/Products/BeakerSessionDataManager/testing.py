@@ -32,7 +32,7 @@ PRODUCTS = (
     'Products.BeakerSessionDataManager',
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger('Products.BeakerSessionDataManager')
 
 
 def configure_file_sessions(prefix):

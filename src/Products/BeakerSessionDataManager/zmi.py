@@ -220,20 +220,26 @@ class SessionDataManagerZMI:
         if configuration.type == 'cookie':
             return None
         result = status.check_store(configuration)
-        cleaned = status.last_cleanup(configuration)
-        if cleaned:
-            cleanup = format_time(cleaned)
-        elif layout_for(configuration) is not None:
-            cleanup = ('never recorded: run "beaker-sessions cleanup" '
-                       'regularly (from cron)')
+        try:
+            cleaned = status.last_cleanup(configuration)
+            needs_cleanup = layout_for(configuration) is not None
+        except status.store_errors(configuration) as exc:
+            cleanup = 'unknown: %s' % describe(exc)
         else:
-            cleanup = 'not needed for this store'
+            if cleaned:
+                cleanup = format_time(cleaned)
+            elif needs_cleanup:
+                cleanup = ('never recorded: run "beaker-sessions cleanup" '
+                           'regularly (from cron)')
+            else:
+                cleanup = 'not needed for this store'
         return {
             'store_name': result.store_name,
             'ok': result.ok,
             'error': result.error,
             'round_trip_ms': result.round_trip_ms,
             'session_count': result.session_count,
+            'count_error': result.count_error,
             'last_cleanup': cleanup,
             'shared_digest': configuration.shared_digest(),
             'shared_options': ', '.join(

@@ -8,7 +8,7 @@ from unittest import mock
 from Products.Sessions.interfaces import SessionDataManagerErr
 
 from Products.BeakerSessionDataManager import config
-from Products.BeakerSessionDataManager import namespaces
+from Products.BeakerSessionDataManager import storeoptions
 from Products.BeakerSessionDataManager import zmi
 from Products.BeakerSessionDataManager.interfaces import ConfigurationError
 
@@ -170,6 +170,12 @@ class ParseTests(unittest.TestCase):
             {'session.type': 'cookie', 'session.validate_key': SECRET,
              'session.encrypt_key': SECRET[::-1],
              'session.lock_dir': self.tmp})
+        self.assertMessage(
+            'session.client_cache_size: session.type cookie does not use '
+            'it, only ext:redis; remove it.',
+            {'session.type': 'cookie', 'session.validate_key': SECRET,
+             'session.encrypt_key': SECRET[::-1],
+             'session.client_cache_size': '10'})
 
     def test_options_of_each_store_are_accepted(self):
         lock_dir = os.path.join(self.tmp, 'lock')
@@ -339,8 +345,8 @@ class ParseTests(unittest.TestCase):
     def test_no_user_timeout_for_a_libpq_before_12(self):
         # It would refuse the option, and every connection with it.
         url = 'postgresql+psycopg2://zope@127.0.0.1/sessions'
-        self.assertGreaterEqual(namespaces.libpq_version('psycopg2'), 120000)
-        with mock.patch.object(namespaces, 'libpq_version',
+        self.assertGreaterEqual(storeoptions.libpq_version('psycopg2'), 120000)
+        with mock.patch.object(storeoptions, 'libpq_version',
                                return_value=110005):
             store = config.configure(self.settings(
                 type='ext:database', url=url)).store

@@ -21,9 +21,9 @@ import psycopg2
 import pytest
 import redis
 
-from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager import redisclient
 from Products.BeakerSessionDataManager import status
+from Products.BeakerSessionDataManager import storeoptions
 from Products.BeakerSessionDataManager.config import SessionConfiguration
 from Products.BeakerSessionDataManager.outages import OutageLog
 from Products.BeakerSessionDataManager.outages import WarningLog
@@ -428,7 +428,7 @@ def test_a_postgresql_that_never_answers(secret, monkeypatch):
     # A server that accepts connections and never answers (a hung
     # PostgreSQL, the port of something else): the read fails after the
     # connect timeout instead of holding the request's thread for good.
-    monkeypatch.setitem(namespaces.LIBPQ_CONNECT_ARGS, 'connect_timeout', 2)
+    monkeypatch.setitem(storeoptions.LIBPQ_CONNECT_ARGS, 'connect_timeout', 2)
     with socket.socket() as silent:
         silent.bind(('127.0.0.1', 0))
         silent.listen(16)
@@ -446,12 +446,12 @@ def test_a_postgresql_host_gone_from_the_network(secret, monkeypatch):
     # unacknowledged for the user timeout, and the reconnection after the
     # connect timeout, instead of waiting for TCP's retransmissions, a
     # quarter of an hour.
-    if namespaces.libpq_version('psycopg2') < 120000:
+    if storeoptions.libpq_version('psycopg2') < 120000:
         servers.unavailable('libpq 12 or newer is needed for '
                             'tcp_user_timeout')
-    monkeypatch.setitem(namespaces.LIBPQ_USER_TIMEOUT, 'tcp_user_timeout',
+    monkeypatch.setitem(storeoptions.LIBPQ_USER_TIMEOUT, 'tcp_user_timeout',
                         2000)
-    monkeypatch.setitem(namespaces.LIBPQ_CONNECT_ARGS, 'connect_timeout', 2)
+    monkeypatch.setitem(storeoptions.LIBPQ_CONNECT_ARGS, 'connect_timeout', 2)
     url = servers.postgresql_url()
     table = servers.unique_name()
     with servers.VanishingHost(5432) as host:

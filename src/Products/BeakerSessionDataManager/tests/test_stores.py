@@ -258,8 +258,7 @@ return data is None and 'None' or repr(data.keys())
         ahead = time.time() + 60
         self.store.merge(session_id, lambda record: {
             '_creation_time': ahead, '_accessed_time': ahead, 'kept': 1})
-        with self.assertLogs('Products.BeakerSessionDataManager',
-                             'WARNING') as logged:
+        with self.assertLogs(LOGGER, logging.WARNING) as logged:
             self.assertEqual(self.store.load(session_id)['kept'], 1)
         [message] = [record.getMessage() for record in logged.records]
         self.assertRegex(message, "was last accessed 5[0-9] seconds ahead "

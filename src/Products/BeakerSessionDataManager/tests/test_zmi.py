@@ -25,6 +25,7 @@ from Products.BeakerSessionDataManager.testing import \
     STOCK_SESSIONS_FUNCTIONAL_TESTING
 from Products.BeakerSessionDataManager.testing import ZopeWSGIApp
 from Products.BeakerSessionDataManager.testing import browser
+from Products.BeakerSessionDataManager.tests.servers import RedisServer
 from Products.BeakerSessionDataManager.tests.servers import free_port
 from Products.BeakerSessionDataManager.tests.test_manager import COOKIE
 from Products.BeakerSessionDataManager.tests.test_manager import COUNTER
@@ -415,6 +416,43 @@ class StatusTabTests(TabsTestCase):
         self.assertIn('Connection', error)
         self.assertIn('Reachable no', page.html.find(
             id='store-status').get_text(' ', strip=True))
+
+    def test_unreachable_sql_store_shows_the_error(self):
+        # The record of the last cleanup is in the store too: it is
+        # unknown, and the page names the error instead of failing.
+        port = free_port()  # nobody listens there
+        self.configure({
+            'session.type': 'ext:database',
+            'session.url': 'postgresql+psycopg2://zope@127.0.0.1:%d/none'
+                           % port,
+            'session.secret': secrets.token_hex(20),
+        })
+        page = self.tab('manage_status')
+        error = page.html.find(id='store-unreachable').get_text(' ')
+        self.assertIn('cannot be reached', error)
+        self.assertIn('OperationalError', error)
+        self.assertIn(str(port), error)
+        self.assertIn('Last cleanup of expired sessions unknown: '
+                      'OperationalError', text(page.html.find(
+                          id='store-status')))
+
+    def test_a_count_the_store_refuses_is_named(self):
+        # A Redis user whose access list refuses SCAN: the store works,
+        # and the page says why the sessions were not counted.
+        with RedisServer() as server:
+            server.client().acl_setuser(
+                'zope', enabled=True, passwords=['+zope-secret'],
+                keys=['*'], channels=['*'], commands=['+@all', '-scan'])
+            self.configure({
+                'session.type': 'ext:redis',
+                'session.url': 'redis://zope:zope-secret@127.0.0.1:%d/0'
+                               % server.port,
+                'session.secret': secrets.token_hex(20),
+            })
+            page, shown = self.status()
+        self.assertIsNotNone(page.html.find(id='store-reachable'))
+        self.assertIn('Stored sessions not counted: ReplyError: NOPERM',
+                      shown)
 
     def test_unconfigured(self):
         self.unconfigure()
