@@ -7,9 +7,11 @@ sessions where the store can count them cheaply.
 ``last_cleanup(configuration)`` tells when ``beaker-sessions cleanup`` last
 ran against the store.
 
-Only what ``store_errors`` lists counts as the store failing, and is shown
-as such; any other exception is a bug, and is raised.
+Every failure is shown (a diagnostic page that fails helps nobody); one
+that ``store_errors`` does not list may be a bug of ours rather than the
+store's, and its traceback goes to the log as well.
 """
+import logging
 import secrets
 import time
 from functools import partial
@@ -26,6 +28,8 @@ from .session import ACCESSED
 from .session import CREATED
 from .store import RECORD_KEY
 
+
+logger = logging.getLogger('Products.BeakerSessionDataManager')
 
 PROBE_KEY = '_beaker_sessions_probe'
 # Counting Redis keys takes a SCAN over the whole database; stop there.
@@ -81,11 +85,18 @@ def store_errors(configuration):
     return errors
 
 
+def log_unexpected(configuration, exc):
+    """Log the traceback of a failure that is not one of the store's own
+    (see store_errors): the page shows it either way."""
+    if not isinstance(exc, store_errors(configuration)):
+        logger.error('Checking the %s failed', configuration.store.name,
+                     exc_info=exc)
+
+
 def check_store(configuration):
     """Round-trip a probe record through the store; a StoreStatus."""
     store = configuration.store
     status = StoreStatus(store.name)
-    errors = store_errors(configuration)
     session_id = secrets.token_hex(16)
     token = secrets.token_hex(8)
     started = time.perf_counter()
@@ -103,16 +114,18 @@ def check_store(configuration):
         if store.removable:
             # Leave no empty file or row behind.
             store.remove_if(session_id, lambda record, written: True)
-    except errors as exc:
+    except Exception as exc:
+        log_unexpected(configuration, exc)
         status.error = '%s: %s' % (type(exc).__name__, exc)
         return status
     status.round_trip_ms = (time.perf_counter() - started) * 1000
     status.ok = True
     try:
         status.session_count = count_sessions(configuration)
-    except errors as exc:
+    except Exception as exc:
         # The count is a nicety: the verdict stands, and says why there is
         # none (a Redis user may not SCAN, say).
+        log_unexpected(configuration, exc)
         status.count_error = describe(exc)
     return status
 
@@ -174,8 +187,8 @@ def count_redis_keys(scans):
 def last_cleanup(configuration):
     """When ``beaker-sessions cleanup`` last ran on this store (seconds
     since the epoch), or None if never or not applicable.  An SQL store
-    that cannot be read raises its error (see store_errors): the time is
-    unknown, not never."""
+    that cannot be read raises its error: the time is unknown, not
+    never."""
     layout = layout_for(configuration)
     if layout is None:
         return None

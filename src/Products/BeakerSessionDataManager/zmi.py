@@ -223,7 +223,8 @@ class SessionDataManagerZMI:
         try:
             cleaned = status.last_cleanup(configuration)
             needs_cleanup = layout_for(configuration) is not None
-        except status.store_errors(configuration) as exc:
+        except Exception as exc:
+            status.log_unexpected(configuration, exc)
             cleanup = 'unknown: %s' % describe(exc)
         else:
             if cleaned:

@@ -350,6 +350,21 @@ def test_status_of_an_unreachable_store(tmp_path):
     assert result.verdict().startswith('FAILED: ext:database session store')
 
 
+def test_status_shows_and_logs_an_error_not_the_stores(tmp_path, caplog):
+    # Not the store's failure, maybe a bug of ours: shown as any other
+    # (the page still answers), and its traceback logged.
+    configuration = config.SessionConfiguration({
+        'session.type': 'file', 'session.secret': SECRET,
+        'session.data_dir': str(tmp_path)}, source='test')
+
+    def load(session_id):
+        raise KeyError('a bug')
+    configuration.store.load = load
+    result = status.check_store(configuration)
+    assert result.error == "KeyError: 'a bug'"
+    assert [record.exc_info[0] for record in caplog.records] == [KeyError]
+
+
 def test_concurrent_writer_loses_nothing(configuration, settings,
                                          store_type):
     """The cleanup runs as a separate process while this one keeps
