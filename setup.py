@@ -95,6 +95,8 @@ setup(
     install_requires=[
         'Beaker >= 1.12',
         'Products.Sessions',
+        # Abort hooks: an aborted login takes its new session id back.
+        'transaction >= 3.0',
         'Zope >= 5.8',
         'zope.component',
         'zope.interface',

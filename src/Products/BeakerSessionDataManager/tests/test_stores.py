@@ -22,6 +22,7 @@ from ZODB.POSException import ConflictError
 
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager import namespaces
+from Products.BeakerSessionDataManager import regenerate_session
 from Products.BeakerSessionDataManager import testing
 from Products.BeakerSessionDataManager.interfaces import ConfigurationError
 from Products.BeakerSessionDataManager.namespaces import LockTimeout
@@ -91,11 +92,13 @@ class FailingCommitPage(SimpleItem):
     attempts = []
     meanwhile = None
 
-    def __call__(self, REQUEST, invalidate=False):
+    def __call__(self, REQUEST, invalidate=False, login=False):
         """Publishable."""
         session = REQUEST.SESSION
         self.attempts.append((session.getContainerKey(), dict(session)))
         first = len(self.attempts) == 1
+        if login:
+            regenerate_session(REQUEST)
         if invalidate and first:
             session.invalidate()
         elif not invalidate:
@@ -214,6 +217,20 @@ return '%s %s' % (session['count'], session.getContainerKey())
         self.assertIsNone(self.store.load(first))
         self.assertEqual(self.user_keys(second),
                          {'count': 1, 'attempt-2': True})
+
+    def test_taking_back_a_login(self):
+        # Both writes of the login, the old id's record deleted and the
+        # session under its new id, are taken back: the retry logs in
+        # from the old id again.
+        browser, session_id = self.failing_commit()
+        self.get(browser, '/failing', login=1)
+        self.assertEqual(FailingCommitPage.attempts,
+                         [(session_id, {'count': 1})] * 2)
+        self.assertIsNone(self.store.load(session_id))
+        new_id = browser.cookies['beaker.session.id'][-32:]
+        self.assertNotEqual(new_id, session_id)
+        self.assertEqual(self.user_keys(new_id),
+                         {'count': 2, 'attempt-2': True})
 
     def test_expired_session_reads_as_a_fresh_one(self):
         self.addCounter()
