@@ -132,6 +132,13 @@ def is_lock_timeout(error):
             or 'database is locked' in str(error))
 
 
+def begin_immediate(connection):
+    """Begin SQLite's transaction with its write lock, waiting for it at
+    most ``LOCK_WAIT`` seconds."""
+    connection.exec_driver_sql('PRAGMA busy_timeout = %d' % (LOCK_WAIT * 1000))
+    connection.exec_driver_sql('BEGIN IMMEDIATE')
+
+
 class TransactionalSqlNamespace:
     """Merge in one database transaction, locked across hosts.
 
@@ -169,9 +176,7 @@ class TransactionalSqlNamespace:
                         {'key': advisory_lock_key(self.table,
                                                   self.namespace)})
                 elif dialect == 'sqlite':
-                    connection.exec_driver_sql(
-                        'PRAGMA busy_timeout = %d' % (LOCK_WAIT * 1000))
-                    connection.exec_driver_sql('BEGIN IMMEDIATE')
+                    begin_immediate(connection)
                 else:
                     query = query.with_for_update()
             except sa.exc.OperationalError as exc:

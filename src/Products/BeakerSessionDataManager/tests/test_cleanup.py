@@ -16,6 +16,7 @@ from datetime import datetime
 import pytest
 
 from Products.BeakerSessionDataManager import config
+from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager import status
 from Products.BeakerSessionDataManager.cleanup import MAX_ERRORS_IN_A_ROW
 from Products.BeakerSessionDataManager.cleanup import SESSION_FILE
@@ -23,6 +24,7 @@ from Products.BeakerSessionDataManager.cleanup import Cleanup
 from Products.BeakerSessionDataManager.cleanup import layout_for
 from Products.BeakerSessionDataManager.cleanup import lock_name
 from Products.BeakerSessionDataManager.cleanup import walk
+from Products.BeakerSessionDataManager.sqlstore import BATCH_SIZE
 from Products.BeakerSessionDataManager.store import RECORD_KEY
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests import stores
@@ -161,6 +163,53 @@ def test_expired_sessions_go_live_ones_stay(configuration):
         assert configuration.store.load(session_id)['cart'] == ['new']
     assert status.last_cleanup(configuration) == pytest.approx(
         time.time(), abs=30)
+
+
+def test_sql_rows_go_a_batch_a_transaction(tmp_path):
+    """The rows of expired sessions are examined and removed a batch at a
+    time, each batch in one transaction, under the locks of its sessions:
+    a transaction for each row made the commits set the pace."""
+    url = servers.postgresql_url()
+    counter = servers.PostgreSQLQueryCounter(*servers.host_and_port(url))
+    settings, drop = store_settings('postgresql', tmp_path)
+    settings['session.url'] = counter.url(url)
+    try:
+        configuration = config.SessionConfiguration(settings, source='test')
+        old = expired(configuration, 2 * BATCH_SIZE + 50)
+        live = new_ids(3)
+        write(configuration, live, time.time())
+        del counter.queries[:]
+        report = clean(configuration)
+        assert report.removed == {'expired': len(old)}
+        assert stored(configuration) == set(live)
+        commits = [query for query in counter.queries
+                   if query.strip().upper().startswith('COMMIT')]
+        # Three batches, and the record of the run.
+        assert len(commits) == 4, counter.queries[:20]
+    finally:
+        drop()
+        counter.close()
+
+
+@pytest.mark.parametrize('store_type', ['postgresql'])
+def test_a_session_in_use_is_left_alone(configuration, monkeypatch):
+    """A session whose lock a writer holds when the cleanup reaches it
+    stays, counted as busy, and the others of its batch go; the next run
+    removes it."""
+    monkeypatch.setattr(namespaces, 'LOCK_WAIT', 0.5)
+    old = expired(configuration, 5)
+    store = configuration.store
+    holder = store._locked(store._namespace(old[2]))
+    holder.__enter__()
+    try:
+        report = clean(configuration)
+    finally:
+        holder.__exit__(None, None, None)
+    assert report.removed == {'expired': 4}
+    assert report.kept == {'busy': 1}
+    assert stored(configuration) == {old[2]}
+    assert clean(configuration).removed == {'expired': 1}
+    assert stored(configuration) == set()
 
 
 @pytest.mark.parametrize('store_type', ['file', 'dbm'])
