@@ -111,6 +111,8 @@ setup(
         'memcached': ['python-memcached'],
         'sqlalchemy': ['SQLAlchemy >= 2.0'],
         'postgresql': ['SQLAlchemy >= 2.0', 'psycopg2-binary'],
+        # MySQL and MariaDB (mysql+pymysql://); pure Python.
+        'mysql': ['SQLAlchemy >= 2.0', 'PyMySQL'],
         # Beaker prefers it to pycryptodome: authenticated AES-GCM.
         'crypto': ['cryptography'],
         # benchmarks/: load generator, chart, profilers, the memcached

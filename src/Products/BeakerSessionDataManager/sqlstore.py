@@ -32,6 +32,9 @@ from .store import pickled_dict
 # transaction: the locks of their sessions are held for the few
 # milliseconds it takes.
 BATCH_SIZE = 100
+# Deadlocks in a row after which a merge gives up (see
+# ``_merge_again_after_deadlocks``).
+MAX_DEADLOCKS = 5
 
 
 def row_contents(data):
@@ -62,7 +65,7 @@ class SqlStore(BeakerStore):
         """See ISessionStore."""
         _, writer = self.statements()
         if writer is None:
-            return super().merge(session_id, apply)
+            return self._merge_again_after_deadlocks(session_id, apply)
 
         def change(contents):
             # Other keys of the row, which Beaker could have written, stay.
@@ -74,6 +77,21 @@ class SqlStore(BeakerStore):
             return contents, record
 
         return writer.merge(session_id, change)
+
+    def _merge_again_after_deadlocks(self, session_id, apply):
+        """Beaker's namespace merge, done again when the database chose it
+        as the victim of a deadlock: on MySQL and MariaDB two merges of a
+        session that has no row yet both lock the gap where it goes, and
+        the second to insert it is rolled back.  The other one has
+        written it, and the merge applies its changes to that row."""
+        import sqlalchemy as sa
+        for attempt in range(1, MAX_DEADLOCKS + 1):
+            try:
+                return super().merge(session_id, apply)
+            except sa.exc.OperationalError as exc:
+                if attempt == MAX_DEADLOCKS or not namespaces.is_deadlock(
+                        exc.orig):
+                    raise
 
     def remove_rows_if(self, session_ids, condition):
         """Remove the rows of ``session_ids`` for which ``condition(
@@ -105,6 +123,7 @@ class SqlStore(BeakerStore):
                 elif dialect == 'sqlite':
                     namespaces.begin_immediate(connection)
                 else:
+                    namespaces.bound_row_lock_wait(connection)
                     query = query.with_for_update()
                 for session_id, accessed, data in connection.execute(query):
                     if session_id in busy:
