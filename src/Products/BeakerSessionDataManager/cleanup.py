@@ -4,7 +4,8 @@ Beaker deletes nothing from file, dbm and SQL stores: every session ever
 started stays there.  ``Cleanup`` walks the store, picks the sessions whose
 file or row has not been written for longer than the timeout plus a grace
 period, and removes each one only after checking again, under the lock the
-site's own writers take (``BeakerStore.remove_if``), that its
+site's own writers take (``BeakerStore.remove_if``; on SQL stores a batch of
+rows in one transaction, ``SqlStore.remove_rows_if``), that its
 ``_accessed_time`` is that old too.  A session used meanwhile is kept, so
 the cleanup is safe while the site serves.
 """
