@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # The Plone run has its own: ``-k redis`` would deselect all its tests.
 PLONE_PYTEST_ARGS ?=
 
-STORES := redis,memcached,sqlalchemy,postgresql,crypto
+STORES := redis,memcached,sqlalchemy,postgresql,mysql,crypto
 EXTRAS := test,$(STORES)
 ZOPE6 := 'Zope[wsgi] >= 6.0, < 7'
 # ZODB 6.3 adds a setting that Zope 5's zope.conf schema rejects.

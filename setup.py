@@ -95,6 +95,8 @@ setup(
     install_requires=[
         'Beaker >= 1.12',
         'Products.Sessions',
+        # Abort hooks: an aborted login takes its new session id back.
+        'transaction >= 3.0',
         'Zope >= 5.8',
         'zope.component',
         'zope.interface',
@@ -109,6 +111,8 @@ setup(
         'memcached': ['python-memcached'],
         'sqlalchemy': ['SQLAlchemy >= 2.0'],
         'postgresql': ['SQLAlchemy >= 2.0', 'psycopg2-binary'],
+        # MySQL and MariaDB (mysql+pymysql://); pure Python.
+        'mysql': ['SQLAlchemy >= 2.0', 'PyMySQL'],
         # Beaker prefers it to pycryptodome: authenticated AES-GCM.
         'crypto': ['cryptography'],
         # benchmarks/: load generator, chart, profilers, the memcached

@@ -106,8 +106,20 @@ class SessionCookie:
         return self.verify(cookies.get(self.name))
 
     def send(self, response, session_id):
+        """Set the cookie of ``session_id`` in ``response``; return a
+        function that takes it back (to what ``response`` was to send)."""
+        before = response.cookies.get(self.name)
+        if before is not None:
+            before = dict(before)  # setCookie changes it in place.
         response.setCookie(
             self.name, self.sign(session_id), quoted=False, **self._params)
+
+        def take_back():
+            if before is None:
+                response.cookies.pop(self.name, None)
+            else:
+                response.cookies[self.name] = before
+        return take_back
 
     def expire(self, response):
         params = {'path': self.path}

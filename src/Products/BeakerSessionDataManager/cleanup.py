@@ -4,7 +4,8 @@ Beaker deletes nothing from file, dbm and SQL stores: every session ever
 started stays there.  ``Cleanup`` walks the store, picks the sessions whose
 file or row has not been written for longer than the timeout plus a grace
 period, and removes each one only after checking again, under the lock the
-site's own writers take (``BeakerStore.remove_if``), that its
+site's own writers take (``BeakerStore.remove_if``; on SQL stores a batch of
+rows in one transaction, ``SqlStore.remove_rows_if``), that its
 ``_accessed_time`` is that old too.  A session used meanwhile is kept, so
 the cleanup is safe while the site serves.
 """
@@ -19,6 +20,7 @@ from datetime import datetime
 from .browserid import SESSION_ID
 from .namespaces import LockTimeout
 from .session import ACCESSED
+from .sqlstore import BATCH_SIZE
 from .store import DAMAGED
 from .store import TTL_MARGIN
 from .store import UNREADABLE
@@ -99,6 +101,9 @@ def remove_unused_lock(path):
 
 class FilesLayout:
     """Sessions in files (file store) or dbm files (dbm store)."""
+
+    # Each file is locked and removed on its own.
+    batch_size = 1
 
     def __init__(self, store, kind):
         options = store.namespace_args
@@ -189,6 +194,10 @@ class SQLLayout:
     """Sessions as rows of Beaker's ``beaker_cache`` table (ext:database,
     ext:sqla): namespace, accessed, created, data."""
 
+    # Rows examined and removed in one transaction (``SqlStore.
+    # remove_rows_if``).
+    batch_size = BATCH_SIZE
+
     def __init__(self, store):
         import sqlalchemy
         self.sa = sqlalchemy
@@ -260,6 +269,18 @@ class SQLLayout:
             return None
 
 
+def chunks(iterable, size):
+    """Lists of ``size`` items of ``iterable`` (the last one shorter)."""
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class Report:
     """What a cleanup found and did, by kind of record."""
 
@@ -320,20 +341,29 @@ class Cleanup:
         total, candidates = self.layout.candidates(cutoff)
         self.on_progress(0, total)
         errors_in_a_row = 0
-        for session_id in candidates:
-            try:
-                self._clean(session_id)
+        batched = hasattr(self.store, 'remove_rows_if')
+        for chunk in chunks(candidates, self.layout.batch_size):
+            if batched and self._clean_rows(chunk):
                 errors_in_a_row = 0
-            except Exception as exc:
-                report.errors += 1
-                errors_in_a_row += 1
-                if report.first_error is None:
-                    report.first_error = '%s: %s: %s' % (
-                        session_id, type(exc).__name__, exc)
-                if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                    raise
-            report.examined += 1
-            self.on_progress(report.examined, total)
+                report.examined += len(chunk)
+                self.on_progress(report.examined, total)
+                continue
+            # One at a time: the store has no batches, or the batch
+            # failed (one bad row need not keep the others).
+            for session_id in chunk:
+                try:
+                    self._clean(session_id)
+                    errors_in_a_row = 0
+                except Exception as exc:
+                    report.errors += 1
+                    errors_in_a_row += 1
+                    if report.first_error is None:
+                        report.first_error = '%s: %s: %s' % (
+                            session_id, type(exc).__name__, exc)
+                    if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                        raise
+                report.examined += 1
+                self.on_progress(report.examined, total)
         report.leftovers = self.layout.sweep(
             cutoff, report.removed_ids, self.dry_run)
         report.seconds = time.time() - started
@@ -362,6 +392,34 @@ class Cleanup:
         if remove:
             self.report.removed_ids.add(session_id)
             self.on_remove(session_id, kind)
+
+    def _clean_rows(self, session_ids):
+        """Clean up the rows of ``session_ids`` in one transaction; false
+        if that failed (nothing was removed)."""
+        verdicts = {}
+
+        def expired(session_id, record, written):
+            kind, remove = self.judge(record, written)
+            verdicts[session_id] = (kind, remove)
+            return remove and not self.dry_run
+
+        try:
+            _, busy = self.store.remove_rows_if(session_ids, expired)
+        except LockTimeout:
+            # Another writer held them all that long: in use.
+            busy, verdicts = set(session_ids), {}
+        except Exception:
+            return False
+        for session_id in session_ids:
+            if session_id in busy:
+                self.report.count('busy', False)
+            elif session_id in verdicts:
+                kind, remove = verdicts[session_id]
+                self.report.count(kind, remove)
+                if remove:
+                    self.report.removed_ids.add(session_id)
+                    self.on_remove(session_id, kind)
+        return True
 
     def judge(self, record, written):
         """The kind of the record, and whether it may go (called under the

@@ -19,6 +19,7 @@ a list commits without the two-phase commit of a data manager.
 """
 import logging
 import time
+from functools import partial
 
 import transaction
 from transaction.interfaces import IDataManager
@@ -54,8 +55,10 @@ class SessionWriter:
         # What this transaction's vote wrote to the store: the record, or
         # None where it deleted the session.
         self._stored_record = _not_stored
-        # (record before, record after) of this transaction's write.
-        self._wrote = None
+        # (session id, record before, record after) of each of this
+        # transaction's writes: the old id's record deleted after a rename,
+        # then the session's.
+        self._wrote = []
 
     def join(self):
         current = self.transaction_manager.get()
@@ -76,6 +79,22 @@ class SessionWriter:
         if self.session._mutated_keys():
             self.join()
 
+    def renamed(self, undo):
+        """The session was renamed (a login) in the current transaction.
+
+        The commit writes it under its new id and deletes the old id's
+        record, also when a savepoint taken before the rename was rolled
+        back: the transaction calls a writer that joined after that
+        savepoint (as a rename makes it) to abort, and drops it; it joins
+        again before the commit.  If the transaction aborts, or its commit
+        fails, ``undo`` takes the rename back.
+        """
+        current = self.transaction_manager.get()
+        current.addBeforeCommitHook(self.join)
+        current.addAfterAbortHook(undo)
+        current.addAfterCommitHook(
+            lambda committed: None if committed else undo())
+
     def sortKey(self):
         # '~' sorts after the ZODB connections' keys: we vote last.
         return '~beaker-session:%s' % self.session.getContainerKey()
@@ -89,7 +108,7 @@ class SessionWriter:
         self._transaction = None
 
     def tpc_begin(self, txn):
-        self._stored_record, self._wrote = _not_stored, None
+        self._stored_record, self._wrote = _not_stored, []
 
     def commit(self, txn):
         pass
@@ -102,17 +121,27 @@ class SessionWriter:
         if not session._needs_write():
             return
 
-        def apply(record):
-            # A copy: _apply_to changes the record it is given.
-            before = None if record is None else dict(record)
-            after = session._apply_to(record, now)
-            self._wrote = (before, after)
-            return after
+        def write(session_id, change):
+            applied = []
+
+            def apply(record):
+                # A copy: change() may change the record it is given.
+                before = None if record is None else dict(record)
+                after = change(record)
+                # A compare-and-set store may apply it again.
+                applied[:] = [(session_id, before, after)]
+                return after
+            written = self.store.merge(session_id, apply)
+            self._wrote.extend(applied)
+            return written
 
         try:
             with zodb_connection(session._zodb_connection):
-                self._stored_record = self.store.merge(
-                    session.getContainerKey(), apply)
+                if session._renamed_from is not None:
+                    write(session._renamed_from, lambda record: None)
+                self._stored_record = write(
+                    session.getContainerKey(),
+                    lambda record: session._apply_to(record, now))
         except (ConflictError, SessionValueError):
             raise
         except Exception as exc:
@@ -125,35 +154,35 @@ class SessionWriter:
     def tpc_finish(self, txn):
         if self._stored_record is not _not_stored:
             self.session._stored(self._stored_record)
-        self._stored_record, self._wrote = _not_stored, None
+        self._stored_record, self._wrote = _not_stored, []
         self._transaction = None
 
     def tpc_abort(self, txn):
-        if self._stored_record is not _not_stored:
-            # We voted and wrote; a data manager voting after us failed.
-            self._undo()
+        # We wrote (the old id's record deleted, say); the vote of this
+        # writer, or of a data manager voting after it, failed.
+        self._undo()
         self.session._rollback()
-        self._stored_record, self._wrote = _not_stored, None
+        self._stored_record, self._wrote = _not_stored, []
         self._transaction = None
 
     def _undo(self):
-        """Take back the changes this transaction's vote wrote."""
-        if self._wrote is None or getattr(
-                self.store, 'writes_after_commit', False):
+        """Take back the changes this transaction's vote wrote, the last
+        first."""
+        if getattr(self.store, 'writes_after_commit', False):
             return  # The cookie store: nothing was sent.
-        before, after = self._wrote
         session = self.session
-        try:
-            with zodb_connection(session._zodb_connection):
-                self.store.merge(session.getContainerKey(),
-                                 lambda current: undo(current, before, after))
-        except Exception as exc:
-            # tpc_abort must not fail: the transaction is aborted anyway.
-            logger.error(
-                'The session %s... keeps the changes of a transaction that '
-                'failed after they were written to the %s: %s',
-                session.getContainerKey()[:8], self.store.name,
-                describe(exc))
+        for session_id, before, after in reversed(self._wrote):
+            try:
+                with zodb_connection(session._zodb_connection):
+                    self.store.merge(session_id, partial(
+                        undo, before=before, after=after))
+            except Exception as exc:
+                # tpc_abort must not fail: the transaction is aborted
+                # anyway.
+                logger.error(
+                    'The session %s... keeps the changes of a transaction '
+                    'that failed after they were written to the %s: %s',
+                    session_id[:8], self.store.name, describe(exc))
 
     def savepoint(self):
         return SessionSavepoint(self)

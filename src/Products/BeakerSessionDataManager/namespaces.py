@@ -10,12 +10,14 @@ sessions can still share the store, and replace the locking:
 - SQL: the read and the write of a merge happen in one database
   transaction, under a transaction-level advisory lock on PostgreSQL,
   ``BEGIN IMMEDIATE`` on SQLite and ``SELECT ... FOR UPDATE`` elsewhere,
-  waiting at most ``LOCK_WAIT`` seconds on the first two;
+  waiting at most ``LOCK_WAIT`` seconds on the first two and on MySQL and
+  MariaDB (``innodb_lock_wait_timeout``);
 - dbm: the file of a new session is created under the session's lock, and
   an index a crash cut short is no session instead of an error;
 - file and dbm: records are unpickled as plain data only.
 """
 import logging
+import math
 import os
 from datetime import datetime
 from hashlib import sha256
@@ -126,10 +128,41 @@ def advisory_lock_key(table, namespace):
     return int.from_bytes(digest[:8], 'big', signed=True)
 
 
+# MySQL's and MariaDB's ER_LOCK_WAIT_TIMEOUT and ER_LOCK_DEADLOCK.
+MYSQL_LOCK_WAIT_TIMEOUT = 1205
+MYSQL_DEADLOCK = 1213
+
+
 def is_lock_timeout(error):
-    """PostgreSQL's lock_not_available, SQLite's busy timeout."""
+    """PostgreSQL's lock_not_available, SQLite's busy timeout, MySQL's and
+    MariaDB's lock wait timeout."""
+    args = getattr(error, 'args', None) or (None,)
     return (getattr(error, 'pgcode', None) == '55P03'
-            or 'database is locked' in str(error))
+            or 'database is locked' in str(error)
+            or args[0] == MYSQL_LOCK_WAIT_TIMEOUT)
+
+
+def is_deadlock(error):
+    """MySQL's and MariaDB's deadlock, whose victim is rolled back."""
+    args = getattr(error, 'args', None) or (None,)
+    return args[0] == MYSQL_DEADLOCK
+
+
+def bound_row_lock_wait(connection):
+    """On MySQL and MariaDB, make ``SELECT ... FOR UPDATE`` on this
+    connection wait at most ``LOCK_WAIT`` seconds for a row's lock (InnoDB
+    waits 50 by default), in whole seconds."""
+    if connection.dialect.name in ('mysql', 'mariadb'):
+        connection.exec_driver_sql(
+            'SET SESSION innodb_lock_wait_timeout = %d'
+            % max(1, math.ceil(LOCK_WAIT)))
+
+
+def begin_immediate(connection):
+    """Begin SQLite's transaction with its write lock, waiting for it at
+    most ``LOCK_WAIT`` seconds."""
+    connection.exec_driver_sql('PRAGMA busy_timeout = %d' % (LOCK_WAIT * 1000))
+    connection.exec_driver_sql('BEGIN IMMEDIATE')
 
 
 class TransactionalSqlNamespace:
@@ -169,18 +202,18 @@ class TransactionalSqlNamespace:
                         {'key': advisory_lock_key(self.table,
                                                   self.namespace)})
                 elif dialect == 'sqlite':
-                    connection.exec_driver_sql(
-                        'PRAGMA busy_timeout = %d' % (LOCK_WAIT * 1000))
-                    connection.exec_driver_sql('BEGIN IMMEDIATE')
+                    begin_immediate(connection)
                 else:
+                    # MySQL, MariaDB and the others: the row's lock.
+                    bound_row_lock_wait(connection)
                     query = query.with_for_update()
+                row = connection.execute(query).first()
             except sa.exc.OperationalError as exc:
                 if not is_lock_timeout(exc.orig):
                     raise
                 raise LockTimeout(
                     'the session was locked by another writer for too '
                     'long: %s' % exc.orig) from exc
-            row = connection.execute(query).first()
         except BaseException:
             connection.close()
             raise

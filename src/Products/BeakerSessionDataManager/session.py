@@ -167,6 +167,11 @@ class BeakerSessionData(Implicit):
         self._store = store
         self._timeout = timeout
         self._writer = None
+        # The id the session had before a login renamed it in the current
+        # transaction, and what takes back the cookie of the new one: its
+        # commit deletes the old id's record, its abort undoes the rename.
+        self._renamed_from = None
+        self._take_back_cookie = None
         # Where the ZODB objects in its values are looked up (see
         # references.py); the manager's.
         self._zodb_connection = None
@@ -260,15 +265,40 @@ class BeakerSessionData(Implicit):
         self._id_only = False
         self._touch()
 
-    def _rename(self, session_id, rewrite=True):
+    def _rename(self, session_id, rewrite=True, take_back_cookie=None):
         """Go on under ``session_id``, a new id at login: code holding the
         session goes on with it.  With ``rewrite``, the commit writes the
-        whole session under its new id, as a new one."""
+        whole session under its new id, as a new one, and deletes the
+        record of the old id.
+
+        The rename belongs to the transaction as a whole: a savepoint
+        rolled back takes back the session's changes since, not the new id
+        (nor the cookie, or the login, that went out with the response); an
+        abort takes it back entirely, ``take_back_cookie`` included
+        (``_unrename``)."""
+        if rewrite and self._renamed_from is None:
+            self._renamed_from = self._id
+            self._take_back_cookie = take_back_cookie
+            writer = self._the_writer()
+            if writer is not None:
+                writer.renamed(self._unrename)
         self._id = session_id
         if rewrite:
             self._is_new = True
-            self._changed.update(dict.fromkeys(self._data))
         self._touch()
+
+    def _unrename(self):
+        """The transaction that renamed the session did not commit: back
+        to the old id, with its record as stored, and the browser keeps
+        its cookie."""
+        if self._renamed_from is None:
+            return
+        self._id, self._renamed_from = self._renamed_from, None
+        self._is_new = False
+        self._rollback()
+        take_back, self._take_back_cookie = self._take_back_cookie, None
+        if take_back is not None:
+            take_back()
 
     def _needs_write(self):
         """Whether the commit writes; values changed in place count once
@@ -294,7 +324,9 @@ class BeakerSessionData(Implicit):
                       if key in INTERNAL_KEYS}
         for key in self._deleted:
             record.pop(stored_key(key), None)
-        for key in self._changed:
+        # A new record holds every key; one renamed at login, too, after
+        # a savepoint rollback restored the changes made before it.
+        for key in self._data if self._is_new else self._changed:
             if key in self._data:
                 record[stored_key(key)] = self._data[key]
         record[ACCESSED] = now
@@ -309,6 +341,7 @@ class BeakerSessionData(Implicit):
     def _stored(self, record):
         """The transaction committed ``record``: it is our state now."""
         self._is_new = False
+        self._renamed_from = self._take_back_cookie = None
         self._forget_changes()
         if record is not None:
             self._last_accessed = record[ACCESSED]

@@ -165,14 +165,13 @@ class BeakerSessionDataManager(SessionDataManagerZMI, SimpleItem):
             session._rename(middleware.regenerate_id(), rewrite=False)
             return session.getContainerKey()
         # Renamed in place (``request.SESSION`` holds it too); the record
-        # under the old id is deleted at commit.
-        configuration = self._configuration()
-        self._session(session._id, None, session._store,
-                      configuration).invalidate()
-        session._rename(configuration.cookie.new_id())
-        configuration.cookie.send(request.response,
-                                  session.getContainerKey())
-        return session.getContainerKey()
+        # under the old id is deleted at commit, and an abort takes the
+        # rename and the new cookie back.
+        cookie = self._configuration().cookie
+        new_id = cookie.new_id()
+        session._rename(new_id, take_back_cookie=cookie.send(
+            request.response, new_id))
+        return new_id
 
     #
     #   Traversal hook: request.SESSION

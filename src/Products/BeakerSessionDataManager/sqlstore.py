@@ -22,9 +22,19 @@ import threading
 from datetime import datetime
 
 from . import namespaces
+from .store import DAMAGED
 from .store import RECORD_KEY
 from .store import BeakerStore
 from .store import pickled_dict
+
+
+# Rows that ``remove_rows_if`` (the cleanup) examines in one database
+# transaction: the locks of their sessions are held for the few
+# milliseconds it takes.
+BATCH_SIZE = 100
+# Deadlocks in a row after which a merge gives up (see
+# ``_merge_again_after_deadlocks``).
+MAX_DEADLOCKS = 5
 
 
 def row_contents(data):
@@ -55,7 +65,7 @@ class SqlStore(BeakerStore):
         """See ISessionStore."""
         _, writer = self.statements()
         if writer is None:
-            return super().merge(session_id, apply)
+            return self._merge_again_after_deadlocks(session_id, apply)
 
         def change(contents):
             # Other keys of the row, which Beaker could have written, stay.
@@ -67,6 +77,100 @@ class SqlStore(BeakerStore):
             return contents, record
 
         return writer.merge(session_id, change)
+
+    def _merge_again_after_deadlocks(self, session_id, apply):
+        """Beaker's namespace merge, done again when the database chose it
+        as the victim of a deadlock: on MySQL and MariaDB two merges of a
+        session that has no row yet both lock the gap where it goes, and
+        the second to insert it is rolled back.  The other one has
+        written it, and the merge applies its changes to that row."""
+        import sqlalchemy as sa
+        for attempt in range(1, MAX_DEADLOCKS + 1):
+            try:
+                return super().merge(session_id, apply)
+            except sa.exc.OperationalError as exc:
+                if attempt == MAX_DEADLOCKS or not namespaces.is_deadlock(
+                        exc.orig):
+                    raise
+
+    def remove_rows_if(self, session_ids, condition):
+        """Remove the rows of ``session_ids`` for which ``condition(
+        session_id, record, written)`` is true, as ``remove_if`` removes
+        one, in one database transaction: the rows are read under the locks
+        the merges take (PostgreSQL's advisory locks, SQLite's ``BEGIN
+        IMMEDIATE``, ``SELECT ... FOR UPDATE`` elsewhere) and deleted
+        together.  On PostgreSQL a session whose lock a writer holds is
+        left at once, not waited for: it is in use.  Returns the ids
+        removed and those left busy."""
+        import sqlalchemy as sa
+        namespace = self._namespace('')
+        table = namespace.table
+        session_ids = list(session_ids)
+        busy = set()
+        removed = []
+        query = sa.select(
+            table.c.namespace, table.c.accessed,
+            # Unpickled here as plain data, not by the column's PickleType.
+            sa.type_coerce(table.c.data, sa.LargeBinary)).where(
+                table.c.namespace.in_(session_ids))
+        with namespace.bind.connect() as connection:
+            transaction = connection.begin()
+            try:
+                dialect = connection.dialect.name
+                if dialect == 'postgresql':
+                    busy = self._try_advisory_locks(
+                        connection, table, session_ids)
+                elif dialect == 'sqlite':
+                    namespaces.begin_immediate(connection)
+                else:
+                    namespaces.bound_row_lock_wait(connection)
+                    query = query.with_for_update()
+                for session_id, accessed, data in connection.execute(query):
+                    if session_id in busy:
+                        continue
+                    contents = {} if data is None else pickled_dict(
+                        bytes(data))
+                    if contents is None:
+                        record = DAMAGED
+                    elif set(contents) - {RECORD_KEY}:
+                        continue  # Not (only) a session: left alone.
+                    else:
+                        raw = contents.get(RECORD_KEY)
+                        record = self._examined(raw) if raw else None
+                    if condition(session_id, record, accessed.timestamp()):
+                        removed.append(session_id)
+                if removed:
+                    connection.execute(table.delete().where(
+                        table.c.namespace.in_(removed)))
+                transaction.commit()
+            except sa.exc.OperationalError as exc:
+                transaction.rollback()
+                if not namespaces.is_lock_timeout(exc.orig):
+                    raise
+                raise namespaces.LockTimeout(
+                    'the sessions were locked by another writer for too '
+                    'long: %s' % exc.orig) from exc
+            except BaseException:
+                transaction.rollback()
+                raise
+        return set(removed), busy
+
+    @staticmethod
+    def _try_advisory_locks(connection, table, session_ids):
+        """Take the advisory locks of ``session_ids`` that nobody holds,
+        for the transaction, and bound the wait for any row lock (a
+        writer of Beaker's own); return the ids whose lock is held."""
+        import sqlalchemy as sa
+        connection.execute(
+            sa.text("SELECT set_config('lock_timeout', :wait, true)"),
+            {'wait': '%dms' % (namespaces.LOCK_WAIT * 1000)})
+        keys = {namespaces.advisory_lock_key(table, session_id): session_id
+                for session_id in session_ids}
+        locked = connection.execute(sa.text(
+            'SELECT key FROM unnest(CAST(:keys AS bigint[])) AS key '
+            'WHERE pg_try_advisory_xact_lock(key)'),
+            {'keys': list(keys)}).scalars().all()
+        return set(session_ids) - {keys[key] for key in locked}
 
     def statements(self):
         """(the reader, the writer or None where the driver cannot take

@@ -3,7 +3,9 @@
 
 ``check_store(configuration)`` writes, reads and removes a probe record
 under a fresh session id, timing the round trip, and counts the stored
-sessions where the store can count them cheaply.
+sessions where the store can count them cheaply; with ``write=False`` (the
+Status tab, shown by a GET) it reads a session id nobody has instead, and
+writes nothing.
 ``last_cleanup(configuration)`` tells when ``beaker-sessions cleanup`` last
 ran against the store.
 
@@ -93,27 +95,18 @@ def log_unexpected(configuration, exc):
                      exc_info=exc)
 
 
-def check_store(configuration):
-    """Round-trip a probe record through the store; a StoreStatus."""
+def check_store(configuration, write=True):
+    """Round-trip a probe record through the store, or with ``write``
+    false only read it; a StoreStatus."""
     store = configuration.store
     status = StoreStatus(store.name)
     session_id = secrets.token_hex(16)
-    token = secrets.token_hex(8)
     started = time.perf_counter()
     try:
-        now = time.time()
-        store.merge(session_id, lambda record: {
-            CREATED: now, ACCESSED: now, PROBE_KEY: token})
-        found = store.load(session_id)
-        if not found or found.get(PROBE_KEY) != token:
-            raise ProbeError('the probe record read back as %r' % (found,))
-        store.delete(session_id)
-        if store.load(session_id) is not None:
-            raise ProbeError('the probe record is still there after '
-                             'deleting it')
-        if store.removable:
-            # Leave no empty file or row behind.
-            store.remove_if(session_id, lambda record, written: True)
+        if write:
+            write_probe(store, session_id)
+        else:
+            read_probe(configuration, session_id)
     except Exception as exc:
         log_unexpected(configuration, exc)
         status.error = '%s: %s' % (type(exc).__name__, exc)
@@ -128,6 +121,41 @@ def check_store(configuration):
         log_unexpected(configuration, exc)
         status.count_error = describe(exc)
     return status
+
+
+def write_probe(store, session_id):
+    """Write a probe record under ``session_id``, read it back and remove
+    it, leaving nothing behind."""
+    token = secrets.token_hex(8)
+    now = time.time()
+    store.merge(session_id, lambda record: {
+        CREATED: now, ACCESSED: now, PROBE_KEY: token})
+    found = store.load(session_id)
+    if not found or found.get(PROBE_KEY) != token:
+        raise ProbeError('the probe record read back as %r' % (found,))
+    store.delete(session_id)
+    if store.load(session_id) is not None:
+        raise ProbeError('the probe record is still there after '
+                         'deleting it')
+    if store.removable:
+        # Leave no empty file or row behind.
+        store.remove_if(session_id, lambda record, written: True)
+
+
+def read_probe(configuration, session_id):
+    """Read the session ``session_id``, which nobody has, writing nothing:
+    what a request of a browser with an unknown id does.  Beaker's dbm
+    namespace makes the file of any id it opens, and its memory namespace
+    an entry: for dbm the probe reads the store's directory instead; the
+    memory store, in this process, needs none."""
+    if configuration.type == 'memory':
+        return
+    if configuration.type == 'dbm':
+        layout_for(configuration).count()
+        return
+    found = configuration.store.load(session_id)
+    if found is not None:
+        raise ProbeError('a session id nobody has read as %r' % (found,))
 
 
 def count_sessions(configuration):

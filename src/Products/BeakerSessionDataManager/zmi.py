@@ -213,13 +213,11 @@ class SessionDataManagerZMI:
     def getStoreStatus(self):
         """The store's health, or None when there is no store on the
         server to check: the middleware's, the cookie, or none
-        configured."""
-        if self.getSessionOrigin() != 'zope.conf':
+        configured.  Read only: the tab is shown by a GET."""
+        configuration = self._checked_configuration()
+        if configuration is None:
             return None
-        configuration = config.get_configuration()
-        if configuration.type == 'cookie':
-            return None
-        result = status.check_store(configuration)
+        result = status.check_store(configuration, write=False)
         try:
             cleaned = status.last_cleanup(configuration)
             needs_cleanup = layout_for(configuration) is not None
@@ -249,6 +247,28 @@ class SessionDataManagerZMI:
             'undecodable_records': warning_log.totals.get('undecodable', 0),
             'records_ahead': warning_log.totals.get('clock', 0),
         }
+
+    def _checked_configuration(self):
+        """The configuration whose store the Status tab checks, or None."""
+        if self.getSessionOrigin() != 'zope.conf':
+            return None
+        configuration = config.get_configuration()
+        if configuration.type == 'cookie':
+            return None
+        return configuration
+
+    @security.protected(change_session_data_managers)
+    @requestmethod('POST')
+    def manage_checkStoreWrite(self, REQUEST=None):
+        """Write a probe record under a fresh session id, read it back and
+        remove it; show the Status tab with the outcome."""
+        configuration = self._checked_configuration()
+        check = None
+        if configuration is not None:
+            result = status.check_store(configuration, write=True)
+            check = {'ok': result.ok, 'error': result.error,
+                     'round_trip_ms': result.round_trip_ms}
+        return self.manage_status(self, REQUEST, write_check=check)
 
     #
     #   Test

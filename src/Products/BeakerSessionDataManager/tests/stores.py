@@ -22,11 +22,12 @@ from . import servers
 # Stores whose sessions outlive the process (a Zope restart).
 PERSISTENT = ('file', 'dbm', 'redis', 'rediscluster', 'memcached',
               'memcached_pool', 'sqlite', 'postgresql', 'sqla_sqlite',
-              'sqla_postgresql')
+              'sqla_postgresql', 'mariadb')
 STORES = ('memory',) + PERSISTENT
 SQL_TYPES = {
     'sqlite': 'ext:database', 'postgresql': 'ext:database',
     'sqla_sqlite': 'ext:sqla', 'sqla_postgresql': 'ext:sqla',
+    'mariadb': 'ext:database',
 }
 
 
@@ -113,6 +114,8 @@ def sql_database(name):
     """The URL of the database for store ``name`` and its cleanup."""
     if name.endswith('postgresql'):
         return servers.postgresql_url(), _nothing
+    if name.endswith('mariadb'):
+        return servers.shared_mariadb(), _nothing
     directory = tempfile.mkdtemp(prefix='beaker-sqlite-')
     url = 'sqlite:///%s' % os.path.join(directory, 'sessions.db')
     return url, functools.partial(shutil.rmtree, directory, True)

@@ -16,6 +16,7 @@ from datetime import datetime
 import pytest
 
 from Products.BeakerSessionDataManager import config
+from Products.BeakerSessionDataManager import namespaces
 from Products.BeakerSessionDataManager import status
 from Products.BeakerSessionDataManager.cleanup import MAX_ERRORS_IN_A_ROW
 from Products.BeakerSessionDataManager.cleanup import SESSION_FILE
@@ -23,6 +24,7 @@ from Products.BeakerSessionDataManager.cleanup import Cleanup
 from Products.BeakerSessionDataManager.cleanup import layout_for
 from Products.BeakerSessionDataManager.cleanup import lock_name
 from Products.BeakerSessionDataManager.cleanup import walk
+from Products.BeakerSessionDataManager.sqlstore import BATCH_SIZE
 from Products.BeakerSessionDataManager.store import RECORD_KEY
 from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests import stores
@@ -31,7 +33,7 @@ from Products.BeakerSessionDataManager.tests import stores
 SECRET = 'Qv3s9dJk2LmN8pRt5WxYz1AbCdEfGhIjKl'
 TIMEOUT = 600
 LONG_AGO = time.time() - 3600
-STORES = ['file', 'dbm', 'sqlite', 'postgresql']
+STORES = ['file', 'dbm', 'sqlite', 'postgresql', 'mariadb']
 SCRIPT = os.path.join(os.path.dirname(sys.executable), 'beaker-sessions')
 
 
@@ -48,7 +50,8 @@ def store_settings(store, tmp_path):
     if store == 'sqlite':
         settings['session.url'] = 'sqlite:///%s' % (tmp_path / 'sessions.db')
         return settings, lambda: None
-    settings['session.url'] = servers.postgresql_url()
+    settings['session.url'] = servers.shared_mariadb() \
+        if store == 'mariadb' else servers.postgresql_url()
     settings['session.table_name'] = table = servers.unique_name()
 
     def drop():
@@ -161,6 +164,53 @@ def test_expired_sessions_go_live_ones_stay(configuration):
         assert configuration.store.load(session_id)['cart'] == ['new']
     assert status.last_cleanup(configuration) == pytest.approx(
         time.time(), abs=30)
+
+
+def test_sql_rows_go_a_batch_a_transaction(tmp_path):
+    """The rows of expired sessions are examined and removed a batch at a
+    time, each batch in one transaction, under the locks of its sessions:
+    a transaction for each row made the commits set the pace."""
+    url = servers.postgresql_url()
+    counter = servers.PostgreSQLQueryCounter(*servers.host_and_port(url))
+    settings, drop = store_settings('postgresql', tmp_path)
+    settings['session.url'] = counter.url(url)
+    try:
+        configuration = config.SessionConfiguration(settings, source='test')
+        old = expired(configuration, 2 * BATCH_SIZE + 50)
+        live = new_ids(3)
+        write(configuration, live, time.time())
+        del counter.queries[:]
+        report = clean(configuration)
+        assert report.removed == {'expired': len(old)}
+        assert stored(configuration) == set(live)
+        commits = [query for query in counter.queries
+                   if query.strip().upper().startswith('COMMIT')]
+        # Three batches, and the record of the run.
+        assert len(commits) == 4, counter.queries[:20]
+    finally:
+        drop()
+        counter.close()
+
+
+@pytest.mark.parametrize('store_type', ['postgresql'])
+def test_a_session_in_use_is_left_alone(configuration, monkeypatch):
+    """A session whose lock a writer holds when the cleanup reaches it
+    stays, counted as busy, and the others of its batch go; the next run
+    removes it."""
+    monkeypatch.setattr(namespaces, 'LOCK_WAIT', 0.5)
+    old = expired(configuration, 5)
+    store = configuration.store
+    holder = store._locked(store._namespace(old[2]))
+    holder.__enter__()
+    try:
+        report = clean(configuration)
+    finally:
+        holder.__exit__(None, None, None)
+    assert report.removed == {'expired': 4}
+    assert report.kept == {'busy': 1}
+    assert stored(configuration) == {old[2]}
+    assert clean(configuration).removed == {'expired': 1}
+    assert stored(configuration) == set()
 
 
 @pytest.mark.parametrize('store_type', ['file', 'dbm'])
@@ -422,11 +472,32 @@ def test_concurrent_writer_loses_nothing(configuration, settings,
     for session_id, numbers in writes.items():
         assert configuration.store.load(session_id)['writes'] == numbers
     assert not stored(configuration) & set(old)
-    if store_type != 'sqlite':
-        # Some were revived before the cleanup reached them.  (SQLite
-        # lets one writer at a time in, and may keep ours waiting until
-        # the cleanup is done.)
+    if store_type in ('file', 'dbm'):
+        # Some were revived before the cleanup reached them.  (The SQL
+        # stores examine a hundred rows in one transaction: it may reach
+        # them first; test_a_session_used_after_the_listing_stays makes
+        # sure.)
         assert 'live session' in out
+
+
+def test_a_session_used_after_the_listing_stays(configuration):
+    """A session that was expired when the cleanup listed the store, and
+    that a request used before the cleanup examined it, stays."""
+    old = expired(configuration, 5)
+    layout = layout_for(configuration)
+    listed = layout.candidates
+
+    def candidates(cutoff):
+        total, session_ids = listed(cutoff)
+        session_ids = list(session_ids)
+        write(configuration, [old[2]], time.time(), cart=['used'])
+        return total, iter(session_ids)
+    layout.candidates = candidates
+    report = Cleanup(configuration, layout).run()
+    assert report.removed == {'expired': 4}
+    assert report.kept == {'live': 1}
+    assert stored(configuration) == {old[2]}
+    assert configuration.store.load(old[2])['cart'] == ['used']
 
 
 def file_configuration(tmp_path):

@@ -51,6 +51,120 @@ class LoginPage(SimpleItem):
         return repr(regenerate_session(REQUEST))
 
 
+class UndoneLogin(SimpleItem):
+    """A login form whose work after the login is undone: a savepoint
+    taken before it rolled back (a failed step of an add-on), or the
+    transaction doomed or aborted, and begun again.  The response still
+    goes out (with the login's own cookie): the session must be all
+    renamed or not at all."""
+
+    def __call__(self, REQUEST, undo, before=False):
+        """Publishable."""
+        session = REQUEST.SESSION
+        if before:
+            # The session's writer joins before the savepoint.
+            session['before'] = 1
+        savepoint = transaction.savepoint()
+        new = regenerate_session(REQUEST)
+        session['after'] = 1
+        if undo == 'savepoint':
+            savepoint.rollback()
+        elif undo == 'doom':
+            transaction.doom()
+        elif undo == 'abort':
+            transaction.abort()
+            REQUEST.SESSION['late'] = 1
+        return repr(new)
+
+
+class UndoneLoginScenarios:
+    """What the browser's session holds after a login whose work was
+    undone, with stock sessions (the oracle: they keep their id at login)
+    and with ours; ``renamed`` and ``not_renamed`` check our id and store
+    on top."""
+
+    def setUp(self):
+        self.app = self.layer['app']
+        add_script(self.app, 'counter', COUNTER)
+        add_script(self.app, 'user_keys', """\
+keys = context.REQUEST.SESSION.keys()
+keys.sort()
+return repr(keys)
+""")
+        self.app._setObject('undone_login', UndoneLogin())
+        transaction.commit()
+        self.browser = browser()
+
+    def login(self, undo, before=False):
+        """Start a session, log in with ``undo``; return (the keys of the
+        session afterwards, what the old cookie finds, old id, new id)."""
+        self.browser.get('/counter')
+        self.browser.get('/counter')
+        cookie = self.browser.cookies[self.cookie_name]
+        response = self.browser.get('/undone_login', params={
+            'undo': undo, 'before:int': int(before)})
+        new = eval(response.text)
+        keys = self.browser.get('/user_keys').text
+        planted = browser()
+        planted.set_cookie(self.cookie_name, cookie)
+        return keys, planted.get('/user_keys').text, cookie[-32:], new
+
+    def test_savepoint_rolled_back_across_the_login(self):
+        keys, planted, old, new = self.login('savepoint')
+        self.assertEqual(keys, "['n']")
+        self.renamed(planted, old, new)
+
+    def test_savepoint_rolled_back_across_the_login_after_a_write(self):
+        keys, planted, old, new = self.login('savepoint', before=True)
+        self.assertEqual(keys, "['before', 'n']")
+        self.renamed(planted, old, new)
+
+    def test_doomed_login(self):
+        keys, planted, old, new = self.login('doom')
+        self.assertEqual(keys, "['n']")
+        self.not_renamed(planted, old, new)
+
+    def test_aborted_login_then_a_new_transaction(self):
+        keys, planted, old, new = self.login('abort')
+        self.assertEqual(keys, "['late', 'n']")
+        self.not_renamed(planted, old, new)
+
+
+class StockUndoneLoginTests(UndoneLoginScenarios, unittest.TestCase):
+
+    layer = testing.STOCK_SESSIONS_FUNCTIONAL_TESTING
+    cookie_name = '_ZopeId'
+
+    def renamed(self, planted, old, new):
+        self.assertIsNone(new)  # Stock sessions keep their id.
+
+    not_renamed = renamed
+
+
+class UndoneLoginTests(UndoneLoginScenarios, unittest.TestCase):
+
+    layer = BEAKER_SESSIONS_FUNCTIONAL_TESTING
+    cookie_name = COOKIE
+
+    def renamed(self, planted, old, new):
+        """The rename stands, with the session as the savepoint had it:
+        the browser has the new id, the old one is dead."""
+        store = config.get_configuration().store
+        self.assertEqual(self.browser.cookies[COOKIE][-32:], new)
+        self.assertIsNone(store.load(old))
+        self.assertIsNotNone(store.load(new))
+        self.assertEqual(planted, '[]')
+
+    def not_renamed(self, planted, old, new):
+        """Nothing of the rename: the browser keeps its id and session,
+        and the new id was never stored."""
+        store = config.get_configuration().store
+        self.assertEqual(self.browser.cookies[COOKIE][-32:], old)
+        self.assertIsNotNone(store.load(old))
+        self.assertIsNone(store.load(new))
+        self.assertNotEqual(planted, '[]')
+
+
 class FixationTests(unittest.TestCase):
 
     layer = BEAKER_SESSIONS_FUNCTIONAL_TESTING
@@ -285,6 +399,22 @@ class EveryStore:
         self.assertEqual(store.load(new)['n'], 2)
         client.get('/logout')
         self.assertIsNone(store.load(new))
+
+    def test_a_savepoint_rolled_back_keeps_the_login(self):
+        app = self.layer['app']
+        add_script(app, 'counter', COUNTER)
+        app._setObject('undone_login', UndoneLogin())
+        transaction.commit()
+        store = self.layer['beaker_configuration'].store
+        client = browser()
+        client.get('/counter')
+        old = client.cookies[COOKIE][-32:]
+        new = eval(client.get('/undone_login', params={
+            'undo': 'savepoint', 'before:int': 1}).text)
+        self.assertEqual(client.cookies[COOKIE][-32:], new)
+        self.assertIsNone(store.load(old))
+        self.assertEqual(client.get('/counter').text, '2')
+        self.assertEqual(store.load(new)['before'], 1)
 
 
 for _name in stores.STORES:

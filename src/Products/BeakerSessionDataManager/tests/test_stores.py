@@ -22,6 +22,7 @@ from ZODB.POSException import ConflictError
 
 from Products.BeakerSessionDataManager import config
 from Products.BeakerSessionDataManager import namespaces
+from Products.BeakerSessionDataManager import regenerate_session
 from Products.BeakerSessionDataManager import testing
 from Products.BeakerSessionDataManager.interfaces import ConfigurationError
 from Products.BeakerSessionDataManager.namespaces import LockTimeout
@@ -91,11 +92,13 @@ class FailingCommitPage(SimpleItem):
     attempts = []
     meanwhile = None
 
-    def __call__(self, REQUEST, invalidate=False):
+    def __call__(self, REQUEST, invalidate=False, login=False):
         """Publishable."""
         session = REQUEST.SESSION
         self.attempts.append((session.getContainerKey(), dict(session)))
         first = len(self.attempts) == 1
+        if login:
+            regenerate_session(REQUEST)
         if invalidate and first:
             session.invalidate()
         elif not invalidate:
@@ -214,6 +217,20 @@ return '%s %s' % (session['count'], session.getContainerKey())
         self.assertIsNone(self.store.load(first))
         self.assertEqual(self.user_keys(second),
                          {'count': 1, 'attempt-2': True})
+
+    def test_taking_back_a_login(self):
+        # Both writes of the login, the old id's record deleted and the
+        # session under its new id, are taken back: the retry logs in
+        # from the old id again.
+        browser, session_id = self.failing_commit()
+        self.get(browser, '/failing', login=1)
+        self.assertEqual(FailingCommitPage.attempts,
+                         [(session_id, {'count': 1})] * 2)
+        self.assertIsNone(self.store.load(session_id))
+        new_id = browser.cookies['beaker.session.id'][-32:]
+        self.assertNotEqual(new_id, session_id)
+        self.assertEqual(self.user_keys(new_id),
+                         {'count': 2, 'attempt-2': True})
 
     def test_expired_session_reads_as_a_fresh_one(self):
         self.addCounter()
@@ -439,6 +456,46 @@ class FileLockKeptTests(PublishingTestCase):
                          ['2', session_id])
 
 
+class MariaDBRowLockKeptTests(PublishingTestCase):
+    """On MySQL and MariaDB a merge locks the session's row (``SELECT ...
+    FOR UPDATE``): a writer that holds it and does not go on (a request
+    of Beaker's own middleware, an administrator's open transaction)
+    holds the session's requests ``LOCK_WAIT`` seconds, then they get a
+    503, as on the other stores; InnoDB would have them wait 50."""
+
+    layer = stores.LAYERS['mariadb']
+
+    def test_the_sessions_requests_give_up_and_the_others_go_on(self):
+        import sqlalchemy as sa
+        StoreTests.addCounter(self)
+        browser = self.browser()
+        session_id = self.get(browser, '/count').split()[1]
+        configuration = self.layer['beaker_configuration']
+        self.addCleanup(setattr, namespaces, 'LOCK_WAIT', namespaces.LOCK_WAIT)
+        namespaces.LOCK_WAIT = 1
+        engine = sa.create_engine(configuration.options['url'])
+        self.addCleanup(engine.dispose)
+        table = configuration.options['table_name']
+        with engine.connect() as other_writer:
+            other_writer.begin()
+            other_writer.execute(sa.text(
+                'SELECT data FROM %s WHERE namespace = :id FOR UPDATE'
+                % table), {'id': session_id})
+            started = time.monotonic()
+            with self.assertLogs(LOGGER, logging.ERROR) as logged:
+                response = browser.get('/count', status=503)
+            # A second or so, not InnoDB's 50.
+            self.assertLess(time.monotonic() - started, 20)
+            self.assertIn('session store is unavailable', response.text)
+            self.assertIn('the session was locked by another writer for '
+                          'too long', logged.output[0])
+            self.assertEqual(self.get(self.browser(), '/count').split()[0],
+                             '1')
+            other_writer.rollback()
+        self.assertEqual(self.get(browser, '/count').split(),
+                         ['2', session_id])
+
+
 class DbmIndexCutShortTests(CutShort, PublishingTestCase):
     """A dbm.dumb index (``.dir``) that a crash cut short: Beaker fails on
     it for good, which was a 503 on every request of the session."""
@@ -640,7 +697,7 @@ class MemcachedExpiryTests(unittest.TestCase):
         self.assertLessEqual(expiry, time.time() + 40 * DAY + 120 + 2)
 
 
-@pytest.mark.parametrize('name', ['sqlite', 'postgresql'])
+@pytest.mark.parametrize('name', ['sqlite', 'postgresql', 'mariadb'])
 def test_a_lock_held_too_long_gives_a_clear_error(name, monkeypatch):
     settings, cleanup = stores.make_store(name)
     try:
@@ -652,12 +709,52 @@ def test_a_lock_held_too_long_gives_a_clear_error(name, monkeypatch):
         holder.__enter__()
         try:
             monkeypatch.setattr(namespaces, 'LOCK_WAIT', 0.5)
+            started = time.monotonic()
             with pytest.raises(LockTimeout) as caught:
                 store.merge(session_id, lambda record: {'x': 2})
+            # Bounded (MySQL's and MariaDB's InnoDB wait 50 s unless told).
+            assert time.monotonic() - started < 20
         finally:
             holder.__exit__(None, None, None)
         assert 'locked by another writer' in str(caught.value)
         assert store.load(session_id) == {'x': 1}
+    finally:
+        cleanup()
+
+
+def test_first_merges_of_a_session_at_once_on_mariadb():
+    """Two merges of a session that has no row yet, at once: on MySQL and
+    MariaDB both lock the gap where the row goes, and the second insert is
+    a deadlock, whose victim the database rolls back.  It merges again,
+    onto the row the other one wrote."""
+    settings, cleanup = stores.make_store('mariadb')
+    try:
+        store = config.SessionConfiguration(settings).store
+        session_id = new_id()
+        both_read = threading.Barrier(2)
+        errors = []
+
+        def writer(key):
+            first = [True]
+
+            def apply(record):
+                if first:
+                    first.pop()
+                    both_read.wait(10)
+                return dict(record or {}, **{key: True})
+            try:
+                store.merge(session_id, apply)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(key,))
+                   for key in ('a', 'b')]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert store.load(session_id) == {'a': True, 'b': True}
     finally:
         cleanup()
 

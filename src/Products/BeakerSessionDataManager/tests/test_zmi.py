@@ -25,6 +25,7 @@ from Products.BeakerSessionDataManager.testing import \
     STOCK_SESSIONS_FUNCTIONAL_TESTING
 from Products.BeakerSessionDataManager.testing import ZopeWSGIApp
 from Products.BeakerSessionDataManager.testing import browser
+from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests.servers import RedisServer
 from Products.BeakerSessionDataManager.tests.servers import free_port
 from Products.BeakerSessionDataManager.tests.test_manager import COOKIE
@@ -368,6 +369,11 @@ class SettingsTabTests(TabsTestCase):
             self.assertEqual(app[SDM].getRequestName(), 'BEAKER')
 
 
+# Redis commands that write, of those the product's store sends.
+REDIS_WRITES = ('set', 'setex', 'del', 'unlink', 'expire', 'eval', 'evalsha',
+                'fcall')
+
+
 class StatusTabTests(TabsTestCase):
 
     def status(self):
@@ -401,6 +407,64 @@ class StatusTabTests(TabsTestCase):
                       'encrypted with another key, 0 records', text)
         self.assertIn('Sessions last accessed ahead of this clock 2 since '
                       'start-up', text)
+
+    def redis_writes(self, server):
+        """How many commands that write the Redis server has run."""
+        stats = server.client().info('commandstats')
+        return {name: stats[name]['calls'] for name in stats
+                if name.split('_', 1)[1] in REDIS_WRITES}
+
+    def test_showing_the_tab_writes_nothing(self):
+        server = servers.shared_redis()
+        self.configure({'session.type': 'ext:redis',
+                        'session.url': server.url,
+                        'session.secret': secrets.token_hex(20)})
+        self.status()  # The store's connections are made.
+        before = self.redis_writes(server)
+        page, text = self.status()
+        self.assertIn('Reachable yes', text)
+        self.assertRegex(text, r'Round trip \d+\.\d ms \(a read\)')
+        self.assertIn('Writable not checked', text)
+        self.assertEqual(self.redis_writes(server), before)
+        self.assertEqual(page.forms['write-check-form'].method.upper(),
+                         'POST')
+
+    def test_check_writing(self):
+        before = session_files(self.layer)
+        page = self.tab('manage_status').forms['write-check-form'].submit()
+        text = ' '.join(page.html.find(id='store-status').get_text(
+            ' ', strip=True).split())
+        self.assertRegex(text, r'Writable yes, round trip \d+\.\d ms')
+        self.assertIn('class="nav-link active" href="manage_status"',
+                      page.text)
+        # The probe left nothing behind.
+        self.assertEqual(session_files(self.layer), before)
+
+    def test_check_writing_needs_a_post_and_the_permission(self):
+        self.tab('manage_checkStoreWrite', status=403)
+        anonymous = browser()
+        response = anonymous.post('/%s/manage_checkStoreWrite' % SDM,
+                                  status='*')
+        self.assertEqual(response.status_int, 401)
+
+    def test_check_writing_a_read_only_store(self):
+        # A Redis replica (of a primary that is gone) serves reads and
+        # refuses writes: the tab says the store is reachable, and the
+        # write check why it cannot be written.
+        primary = free_port()
+        with servers.RedisServer(None, '--replicaof', '127.0.0.1',
+                                 str(primary)) as replica:
+            self.configure({'session.type': 'ext:redis',
+                            'session.url': replica.url,
+                            'session.secret': secrets.token_hex(20)})
+            page = self.tab('manage_status')
+            self.assertIn('Reachable yes', page.html.find(
+                id='store-status').get_text(' ', strip=True))
+            page = page.forms['write-check-form'].submit()
+            writable = ' '.join(page.html.find(
+                id='store-writable').get_text(' ', strip=True).split())
+            self.assertIn('Writable no:', writable)
+            self.assertIn('READONLY', writable)
 
     def test_unreachable_store_shows_the_error(self):
         port = free_port()  # nobody listens there
