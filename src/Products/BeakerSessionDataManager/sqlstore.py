@@ -19,6 +19,7 @@ first: a connection found dropped is replaced and the merge sent again
 """
 import pickle
 import threading
+import weakref
 from datetime import datetime
 
 from . import namespaces
@@ -190,6 +191,12 @@ class SqlStore(BeakerStore):
                 writer = (PostgreSQLWriter(engine, namespace.table)
                           if engine.dialect.driver == 'psycopg2' else None)
                 self._statements = (Reader(engine, namespace.table), writer)
+                # The pool's connections close when the store goes (one a
+                # new configuration replaced), instead of being left to
+                # the garbage collector, which Python 3.13 warns of for
+                # SQLite's (ResourceWarning: unclosed database).  Not at
+                # exit: as before.
+                weakref.finalize(self, engine.dispose).atexit = False
             return self._statements
 
 

@@ -59,6 +59,19 @@ def require_binary(name):
     return path
 
 
+def as_root(command):
+    """``command`` (a list) as root runs it: as it is if we are root,
+    else through ``sudo -n`` (GitHub's runners are a user with sudo
+    without a password); skip/fail if neither."""
+    if os.geteuid() == 0:
+        return list(command)
+    if shutil.which('sudo') is None or subprocess.run(
+            ('sudo', '-n', 'true'), capture_output=True).returncode:
+        unavailable('needs root, or sudo without a password: %s'
+                    % command[0])
+    return ['sudo', '-n', '--'] + list(command)
+
+
 def free_port(below=65536):
     """A free loopback port under ``below``."""
     while True:
@@ -474,8 +487,8 @@ class VanishingHost:
     The host is a network namespace with a virtual cable (a veth pair);
     a proxy in it forwards ``address`` to the loopback port
     ``target_port`` through a ``TcpProxy`` on our end of the cable, and
-    ``vanish()`` unplugs the cable at the host's end.  Needs root and
-    ``ip`` (iproute2).
+    ``vanish()`` unplugs the cable at the host's end.  Needs ``ip``
+    (iproute2) and root, or sudo (``as_root``).
     """
 
     def __init__(self, target_port):
@@ -489,7 +502,8 @@ class VanishingHost:
         self.proxy = None
 
     def _ip(self, *args):
-        subprocess.run(('ip',) + args, check=True, capture_output=True)
+        subprocess.run(as_root(('ip',) + args), check=True,
+                       capture_output=True)
 
     def _in_host(self, *args):
         self._ip('netns', 'exec', self.name, 'ip', *args)
@@ -511,14 +525,16 @@ class VanishingHost:
             self._in_host('addr', 'add', self.theirs + '/30', 'dev', theirs)
             self._in_host('link', 'set', theirs, 'up')
             self.relay = TcpProxy(self.target_port, host=self.ours).start()
+            # The proxy ends at the end of its input (a signal would
+            # end sudo, not the proxy).
             self.proxy = subprocess.Popen(
-                ('ip', 'netns', 'exec', self.name, sys.executable, '-c',
-                 'import time; from %s import TcpProxy; '
-                 'TcpProxy(%d, %r, %d, host=%r).start(); '
-                 'print("ready", flush=True); time.sleep(3600)'
-                 % (__name__, self.relay.port, self.ours, self.address[1],
-                    self.theirs)),
-                stdout=subprocess.PIPE, text=True)
+                as_root(('ip', 'netns', 'exec', self.name, sys.executable,
+                         '-c', 'import sys; from %s import TcpProxy; '
+                         'TcpProxy(%d, %r, %d, host=%r).start(); '
+                         'print("ready", flush=True); sys.stdin.read()'
+                         % (__name__, self.relay.port, self.ours,
+                            self.address[1], self.theirs))),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             if self.proxy.stdout.readline().strip() != 'ready':
                 raise RuntimeError('the proxy in %s did not start'
                                    % self.name)
@@ -532,12 +548,18 @@ class VanishingHost:
 
     def stop(self):
         if self.proxy is not None:
-            self.proxy.kill()
-            self.proxy.wait()
+            self.proxy.stdin.close()
+            try:
+                self.proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proxy.kill()
+                self.proxy.wait()
+            self.proxy.stdout.close()
         if self.relay is not None:
             self.relay.stop()
         # Removing the namespace removes the cable too.
-        subprocess.run(('ip', 'netns', 'del', self.name), capture_output=True)
+        subprocess.run(as_root(('ip', 'netns', 'del', self.name)),
+                       capture_output=True)
 
     def __enter__(self):
         return self.start()

@@ -23,6 +23,7 @@ from Products.BeakerSessionDataManager.filestore import IN_PLACE_LIMIT
 from Products.BeakerSessionDataManager.filestore import FileStore
 from Products.BeakerSessionDataManager.filestore import read_whole
 from Products.BeakerSessionDataManager.filestore import unlock_and_close
+from Products.BeakerSessionDataManager.tests import servers
 from Products.BeakerSessionDataManager.tests.test_store import SECRET
 from Products.BeakerSessionDataManager.tests.test_store import StoreTests
 
@@ -235,8 +236,9 @@ class LockTests(FilesTestCase):
 
     def as_another_user(self, code):
         """Run ``code`` with ``store`` and ``session_id`` (ours) in a
-        process of its own, as user nobody if we are root, with the
-        directories and the lock file open to it; its output."""
+        process of its own, as user nobody (started as root, or through
+        sudo if we are not: ``servers.as_root``), with the directories
+        and the lock file open to it; its output."""
         setup = textwrap.dedent('''\
             import os, sys
             from beaker.cache import clsmap
@@ -254,8 +256,9 @@ class LockTests(FilesTestCase):
         os.chmod(self.tmp, 0o777)
         os.chmod(self.store.lock_path(self.session_id), 0o666)
         return subprocess.run(
-            [sys.executable, '-c', setup + code, self.tmp + '/lock',
-             self.tmp + '/data', self.session_id], check=True,
+            servers.as_root([sys.executable, '-c', setup + code,
+                             self.tmp + '/lock', self.tmp + '/data',
+                             self.session_id]), check=True,
             capture_output=True, text=True).stdout
 
     def test_a_file_of_another_user_is_replaced(self):

@@ -4,6 +4,7 @@ expiry, store TTLs, a dead memcached node, unreachable stores.
 The conformance scenarios run on every store in test_conformance; these
 are the properties that differ from store to store.
 """
+import gc
 import logging
 import os
 import secrets
@@ -11,6 +12,7 @@ import socket
 import threading
 import time
 import unittest
+import warnings
 
 import pytest
 from beaker.cache import clsmap
@@ -755,6 +757,32 @@ def test_first_merges_of_a_session_at_once_on_mariadb():
             thread.join(60)
         assert errors == []
         assert store.load(session_id) == {'a': True, 'b': True}
+    finally:
+        cleanup()
+
+
+def test_a_store_gone_closes_its_sql_connections():
+    # A store a new configuration replaced (each test's): its pool's
+    # connections close with it, instead of when they are garbage, which
+    # Python 3.13 warns of for SQLite's (ResourceWarning: unclosed
+    # database).
+    import sqlite3
+    settings, cleanup = stores.make_store('sqlite')
+    try:
+        store = config.SessionConfiguration(settings).store
+        store.load(new_id())
+        reader, _ = store.statements()
+        pooled = reader.engine.raw_connection()
+        connection = pooled.dbapi_connection
+        pooled.close()  # Back to the pool, open.
+        connection.execute('SELECT 1')
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', ResourceWarning)
+            del store, reader, pooled
+            gc.collect()
+        with pytest.raises(sqlite3.ProgrammingError, match='closed'):
+            connection.execute('SELECT 1')
+        assert [str(warning.message) for warning in caught] == []
     finally:
         cleanup()
 
