@@ -19,6 +19,7 @@ sessions can still share the store, and replace the locking:
 import logging
 import math
 import os
+from contextlib import contextmanager
 from datetime import datetime
 from hashlib import sha256
 
@@ -148,14 +149,35 @@ def is_deadlock(error):
     return args[0] == MYSQL_DEADLOCK
 
 
-def bound_row_lock_wait(connection):
-    """On MySQL and MariaDB, make ``SELECT ... FOR UPDATE`` on this
-    connection wait at most ``LOCK_WAIT`` seconds for a row's lock (InnoDB
-    waits 50 by default), in whole seconds."""
-    if connection.dialect.name in ('mysql', 'mariadb'):
+def bound_lock_wait(connection):
+    """Make the locks this connection's transaction takes wait at most
+    ``LOCK_WAIT`` seconds: PostgreSQL's ``lock_timeout``, MySQL's and
+    MariaDB's ``innodb_lock_wait_timeout`` (whole seconds; InnoDB waits 50
+    by default).  SQLite's is ``begin_immediate``'s."""
+    import sqlalchemy as sa
+    dialect = connection.dialect.name
+    if dialect == 'postgresql':
+        connection.execute(
+            sa.text("SELECT set_config('lock_timeout', :wait, true)"),
+            {'wait': '%dms' % (LOCK_WAIT * 1000)})
+    elif dialect in ('mysql', 'mariadb'):
         connection.exec_driver_sql(
             'SET SESSION innodb_lock_wait_timeout = %d'
             % max(1, math.ceil(LOCK_WAIT)))
+
+
+@contextmanager
+def lock_wait_reported(what):
+    """A lock wait that ran out (``is_lock_timeout``) raised as
+    ``LockTimeout``: '``what`` locked by another writer for too long'."""
+    import sqlalchemy as sa
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        if not is_lock_timeout(exc.orig):
+            raise
+        raise LockTimeout('%s locked by another writer for too long: %s'
+                          % (what, exc.orig)) from exc
 
 
 def begin_immediate(connection):
@@ -191,29 +213,20 @@ class TransactionalSqlNamespace:
                 sa.type_coerce(self.table.c.data, sa.LargeBinary)).where(
                     self.table.c.namespace == self.namespace)
             dialect = connection.dialect.name
-            try:
+            with lock_wait_reported('the session was'):
+                if dialect == 'sqlite':
+                    begin_immediate(connection)
+                else:
+                    bound_lock_wait(connection)
                 if dialect == 'postgresql':
-                    connection.execute(
-                        sa.text("SELECT set_config('lock_timeout', :wait, "
-                                "true)"),
-                        {'wait': '%dms' % (LOCK_WAIT * 1000)})
                     connection.execute(
                         sa.text('SELECT pg_advisory_xact_lock(:key)'),
                         {'key': advisory_lock_key(self.table,
                                                   self.namespace)})
-                elif dialect == 'sqlite':
-                    begin_immediate(connection)
-                else:
+                elif dialect != 'sqlite':
                     # MySQL, MariaDB and the others: the row's lock.
-                    bound_row_lock_wait(connection)
                     query = query.with_for_update()
                 row = connection.execute(query).first()
-            except sa.exc.OperationalError as exc:
-                if not is_lock_timeout(exc.orig):
-                    raise
-                raise LockTimeout(
-                    'the session was locked by another writer for too '
-                    'long: %s' % exc.orig) from exc
         except BaseException:
             connection.close()
             raise

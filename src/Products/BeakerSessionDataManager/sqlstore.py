@@ -114,17 +114,19 @@ class SqlStore(BeakerStore):
             # Unpickled here as plain data, not by the column's PickleType.
             sa.type_coerce(table.c.data, sa.LargeBinary)).where(
                 table.c.namespace.in_(session_ids))
-        with namespace.bind.connect() as connection:
+        with namespace.bind.connect() as connection, \
+                namespaces.lock_wait_reported('the sessions were'):
             transaction = connection.begin()
             try:
                 dialect = connection.dialect.name
+                if dialect == 'sqlite':
+                    namespaces.begin_immediate(connection)
+                else:
+                    namespaces.bound_lock_wait(connection)
                 if dialect == 'postgresql':
                     busy = self._try_advisory_locks(
                         connection, table, session_ids)
-                elif dialect == 'sqlite':
-                    namespaces.begin_immediate(connection)
-                else:
-                    namespaces.bound_row_lock_wait(connection)
+                elif dialect != 'sqlite':
                     query = query.with_for_update()
                 for session_id, accessed, data in connection.execute(query):
                     if session_id in busy:
@@ -144,13 +146,6 @@ class SqlStore(BeakerStore):
                     connection.execute(table.delete().where(
                         table.c.namespace.in_(removed)))
                 transaction.commit()
-            except sa.exc.OperationalError as exc:
-                transaction.rollback()
-                if not namespaces.is_lock_timeout(exc.orig):
-                    raise
-                raise namespaces.LockTimeout(
-                    'the sessions were locked by another writer for too '
-                    'long: %s' % exc.orig) from exc
             except BaseException:
                 transaction.rollback()
                 raise
@@ -159,12 +154,8 @@ class SqlStore(BeakerStore):
     @staticmethod
     def _try_advisory_locks(connection, table, session_ids):
         """Take the advisory locks of ``session_ids`` that nobody holds,
-        for the transaction, and bound the wait for any row lock (a
-        writer of Beaker's own); return the ids whose lock is held."""
+        for the transaction; return the ids whose lock is held."""
         import sqlalchemy as sa
-        connection.execute(
-            sa.text("SELECT set_config('lock_timeout', :wait, true)"),
-            {'wait': '%dms' % (namespaces.LOCK_WAIT * 1000)})
         keys = {namespaces.advisory_lock_key(table, session_id): session_id
                 for session_id in session_ids}
         locked = connection.execute(sa.text(

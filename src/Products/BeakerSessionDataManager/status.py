@@ -97,7 +97,21 @@ def log_unexpected(configuration, exc):
 
 def check_store(configuration, write=True):
     """Round-trip a probe record through the store, or with ``write``
-    false only read it; a StoreStatus."""
+    false only read it, and count the sessions; a StoreStatus."""
+    status = probe(configuration, write)
+    if status.ok:
+        try:
+            status.session_count = count_sessions(configuration)
+        except Exception as exc:
+            # The count is a nicety: the verdict stands, and says why
+            # there is none (a Redis user may not SCAN, say).
+            log_unexpected(configuration, exc)
+            status.count_error = describe(exc)
+    return status
+
+
+def probe(configuration, write):
+    """``check_store`` without the count; a StoreStatus."""
     store = configuration.store
     status = StoreStatus(store.name)
     session_id = secrets.token_hex(16)
@@ -113,13 +127,6 @@ def check_store(configuration, write=True):
         return status
     status.round_trip_ms = (time.perf_counter() - started) * 1000
     status.ok = True
-    try:
-        status.session_count = count_sessions(configuration)
-    except Exception as exc:
-        # The count is a nicety: the verdict stands, and says why there is
-        # none (a Redis user may not SCAN, say).
-        log_unexpected(configuration, exc)
-        status.count_error = describe(exc)
     return status
 
 
